@@ -1,0 +1,94 @@
+package hcm
+
+import (
+	"github.com/switchyard-proxy/switchyard/buffer"
+	"github.com/switchyard-proxy/switchyard/filter"
+	"github.com/switchyard-proxy/switchyard/headers"
+)
+
+// stage is one filter as one direction sees it.
+type stage struct {
+	name    string
+	headers func(h *headers.Map, end bool) filter.Status
+	data    func(b *buffer.Buffer, end bool) filter.Status
+	held    *buffer.Buffer // data this filter asked to keep (StopAndBuffer) or has not been given yet
+}
+
+// iterator runs one direction of a stream through its stages with Envoy's iteration rules:
+// StopIteration on headers holds them (and later data) at that filter until one of its data calls
+// returns Continue; StopAndBuffer keeps the data at the filter and hands it everything held on the
+// next call. It is owned by one goroutine at a time (decode: the connection's; encode: whoever holds
+// the stream's encode lock).
+type iterator struct {
+	stages   []*stage
+	seen     int // stages[:seen] have been given the headers
+	stopped  int // index of the stage holding the headers, or -1
+	h        *headers.Map
+	hEnd     bool
+	limit    func() int                       // bytes a stage may hold
+	overflow func()                           // called when a stage holds more than limit
+	aborted  func() bool                      // a local reply or reset ended this direction
+	sinkH    func(h *headers.Map, end bool)   // after the last stage
+	sinkD    func(b *buffer.Buffer, end bool) // after the last stage
+}
+
+func newIterator(stages []*stage) *iterator {
+	return &iterator{stages: stages, stopped: -1}
+}
+
+// pushHeaders starts the direction.
+func (it *iterator) pushHeaders(h *headers.Map, end bool) {
+	it.h, it.hEnd = h, end
+	it.resumeHeaders(0)
+}
+
+// resumeHeaders gives the headers to stages[from:], stopping at a stage that says StopIteration.
+// A stop on headers that end the stream cannot be resumed by data, so it is treated as Continue.
+func (it *iterator) resumeHeaders(from int) bool {
+	for i := from; i < len(it.stages); i++ {
+		it.seen = i + 1
+		st := it.stages[i].headers(it.h, it.hEnd)
+		if it.aborted() {
+			return false
+		}
+		if st == filter.StopIteration && !it.hEnd {
+			it.stopped = i
+			return false
+		}
+	}
+	it.stopped = -1
+	it.sinkH(it.h, it.hEnd)
+	return true
+}
+
+// pushData runs data through the stages that have seen the headers. Data never passes the stage
+// holding the headers: when that stage continues its data, the headers go on first.
+func (it *iterator) pushData(b *buffer.Buffer, end bool) {
+	for i := 0; i < len(it.stages) && i < it.seen; i++ {
+		s := it.stages[i]
+		if s.held != nil && s.held.Len() > 0 {
+			s.held.Append(b)
+			b = s.held
+			s.held = nil
+		}
+		st := s.data(b, end)
+		if it.aborted() {
+			return
+		}
+		if st == filter.StopAndBuffer && !end {
+			b.Own()
+			s.held = b
+			if b.Len() > it.limit() {
+				it.overflow()
+			}
+			return
+		}
+		if i == it.stopped && !it.resumeHeaders(i+1) && it.aborted() {
+			return
+		}
+	}
+	if it.stopped >= 0 {
+		return // cannot happen: the loop stops at the stage holding the headers
+	}
+	it.sinkD(b, end)
+}

@@ -1,0 +1,221 @@
+// Package hcm is the HTTP connection manager: it reads requests off a downstream connection,
+// gates upgrades with upgrade_configs, runs each stream through its filter chain, writes the
+// response, and owns the stream's timers and stats.
+package hcm
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/switchyard-proxy/switchyard/filter"
+	"github.com/switchyard-proxy/switchyard/headers"
+	"github.com/switchyard-proxy/switchyard/internal/codec/http1"
+	"github.com/switchyard-proxy/switchyard/internal/config"
+	"github.com/switchyard-proxy/switchyard/internal/stats"
+)
+
+// namedFactory is one compiled chain entry.
+type namedFactory struct {
+	name    string
+	factory filter.Factory
+}
+
+// Manager serves one listener's connections with one compiled HCM config. It is immutable.
+type Manager struct {
+	cfg          *config.HCM
+	bufferLimit  int
+	stats        *Stats
+	log          *slog.Logger
+	defaultChain []namedFactory
+	chains       map[*config.HTTPFilter]namedFactory
+	draining     atomic.Bool
+}
+
+// New compiles the HCM's filter chains with the given builders (by filter name).
+func New(cfg *config.HCM, bufferLimit int, st *stats.Store, builders map[string]filter.Builder, log *slog.Logger) (*Manager, error) {
+	if bufferLimit <= 0 {
+		bufferLimit = config.DefaultBufferLimit
+	}
+	m := &Manager{cfg: cfg, bufferLimit: bufferLimit, stats: newStats(st, cfg), log: log,
+		chains: map[*config.HTTPFilter]namedFactory{}}
+	compile := func(fs []*config.HTTPFilter) ([]namedFactory, error) {
+		out := make([]namedFactory, 0, len(fs))
+		for _, f := range fs {
+			b := builders[f.Name]
+			if b == nil {
+				return nil, fmt.Errorf("http filter %q is not supported", f.Name)
+			}
+			fac, err := b(f.Config)
+			if err != nil {
+				return nil, err
+			}
+			nf := namedFactory{name: f.Name, factory: fac}
+			m.chains[f] = nf
+			out = append(out, nf)
+		}
+		return out, nil
+	}
+	var err error
+	if m.defaultChain, err = compile(cfg.HTTPFilters); err != nil {
+		return nil, err
+	}
+	for _, u := range cfg.Upgrades {
+		if _, err := compile(u.Filters); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// Stats returns the manager's stats.
+func (m *Manager) Stats() *Stats { return m.stats }
+
+// Drain makes every connection close after its current request (Connection: close).
+func (m *Manager) Drain() { m.draining.Store(true) }
+
+func (m *Manager) chainFor(fs []*config.HTTPFilter) []namedFactory {
+	out := make([]namedFactory, 0, len(fs))
+	for _, f := range fs {
+		out = append(out, m.chains[f])
+	}
+	return out
+}
+
+// conn is one downstream HTTP/1.1 connection. Its goroutine reads requests one at a time and
+// answers each before reading the next, so pipelined requests are answered in order.
+type conn struct {
+	m        *Manager
+	nc       net.Conn
+	br       *bufio.Reader // nil once an upgrade has taken the connection over
+	bw       *bufio.Writer
+	remote   string
+	requests int
+	closing  bool
+	wmu      sync.Mutex // serialises writes to nc (the encode path and 100-continue)
+}
+
+// countingConn counts the connection's bytes into the HCM's rx/tx counters.
+type countingConn struct {
+	net.Conn
+	rx, tx *stats.Counter
+}
+
+func (c *countingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.rx.Add(uint64(n))
+	return n, err
+}
+
+func (c *countingConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.tx.Add(uint64(n))
+	return n, err
+}
+
+// NetConn exposes the socket so the tunnel can wait for readability without a buffer.
+func (c *countingConn) NetConn() net.Conn { return c.Conn }
+
+// CloseWrite passes a half-close through to the socket.
+func (c *countingConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return errors.New("half-close not supported")
+}
+
+// ServeConn serves one accepted connection until it closes or ctx ends. It closes nc.
+func (m *Manager) ServeConn(ctx context.Context, nc net.Conn) {
+	s := m.stats
+	s.CxTotal.Inc()
+	s.CxHTTP1Total.Inc()
+	s.CxActive.Inc()
+	s.CxHTTP1Active.Inc()
+	defer func() {
+		s.CxActive.Dec()
+		s.CxHTTP1Active.Dec()
+		s.CxDestroy.Inc()
+	}()
+	cc := &countingConn{Conn: nc, rx: s.CxRxBytes, tx: s.CxTxBytes}
+	c := &conn{m: m, nc: cc, br: bufio.NewReaderSize(cc, 16<<10), bw: bufio.NewWriterSize(cc, 4<<10), remote: nc.RemoteAddr().String()}
+	stop := context.AfterFunc(ctx, func() { nc.SetReadDeadline(time.Now()) })
+	defer stop()
+	defer nc.Close()
+	for !c.closing && ctx.Err() == nil {
+		if !c.serveOne(ctx) {
+			return
+		}
+	}
+}
+
+// serveOne reads and answers one request. It reports whether the connection may carry another.
+func (c *conn) serveOne(ctx context.Context) bool {
+	m := c.m
+	// Between requests the connection idle timeout applies; once the first byte arrives, the
+	// request headers timeout.
+	if d := m.cfg.IdleTimeout; d > 0 {
+		c.nc.SetReadDeadline(time.Now().Add(d))
+	} else {
+		c.nc.SetReadDeadline(time.Time{})
+	}
+	if _, err := c.br.Peek(1); err != nil {
+		if isTimeout(err) && ctx.Err() == nil {
+			m.stats.CxIdleTimeout.Inc()
+		}
+		return false
+	}
+	if d := m.cfg.RequestHeadersTimeout; d > 0 {
+		c.nc.SetReadDeadline(time.Now().Add(d))
+	} else {
+		c.nc.SetReadDeadline(time.Time{})
+	}
+	limit := m.cfg.MaxRequestHeadersKB * 1024
+	if limit <= 0 {
+		limit = config.DefaultMaxHeadersKB * 1024
+	}
+	req, err := http1.ReadRequest(c.br, http1.Limits{MaxHeaderBytes: limit})
+	c.nc.SetReadDeadline(time.Time{})
+	if err != nil {
+		var pe *http1.ParseError
+		switch {
+		case errors.As(err, &pe):
+			m.stats.CxProtocolError.Inc()
+			c.writeEarlyError(pe.Status, pe.Details)
+		case isTimeout(err) && ctx.Err() == nil:
+			m.stats.RqHeaderTimeout.Inc()
+			c.writeEarlyError(408, "request_headers_timeout")
+		}
+		return false
+	}
+	c.requests++
+	st := newStream(ctx, c, req)
+	return st.run()
+}
+
+// writeEarlyError answers a request that never became a stream (bad bytes, header timeout) and
+// makes the connection close: after a framing error the next request cannot be found safely.
+func (c *conn) writeEarlyError(status int, details string) {
+	body := http1StatusText(status)
+	h := headers.New(headers.Status, fmt.Sprint(status), "content-length", fmt.Sprint(len(body)),
+		"content-type", "text/plain", "connection", "close")
+	c.m.stats.countResponse(status)
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if http1.WriteResponseHead(c.bw, h) == nil {
+		io.WriteString(c.bw, body)
+		c.bw.Flush()
+	}
+	c.m.log.Debug("rejected request", "status", status, "details", details, "remote", c.remote)
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}

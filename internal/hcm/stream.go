@@ -1,0 +1,513 @@
+package hcm
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/switchyard-proxy/switchyard/buffer"
+	"github.com/switchyard-proxy/switchyard/filter"
+	"github.com/switchyard-proxy/switchyard/headers"
+	"github.com/switchyard-proxy/switchyard/internal/codec/http1"
+	"github.com/switchyard-proxy/switchyard/internal/config"
+	"github.com/switchyard-proxy/switchyard/internal/router"
+	"github.com/switchyard-proxy/switchyard/internal/tunnel"
+)
+
+// stream is one request/response exchange, or one upgrade and its tunnel.
+//
+// Ownership: the decode direction (request headers, body, upgrade payload from the client) runs on
+// the connection's goroutine. The encode direction runs on whichever goroutine holds encMu: the
+// router's upstream goroutine, or the decode goroutine for a local reply. Timers only ever reset.
+type stream struct {
+	m      *Manager
+	c      *conn
+	ctx    context.Context
+	cancel context.CancelFunc
+	req    *http1.Request
+	h      *headers.Map
+	method string
+
+	upgrade string        // lower-cased type of an accepted upgrade, "" otherwise
+	upStats *UpgradeStats // nil unless upgrade != ""
+	route   *config.Route
+	vh      *config.VirtualHost
+	filters []any
+
+	dec          *iterator // owned by the decode goroutine
+	decoderLimit atomic.Int64
+	decodeDone   atomic.Bool // end of stream has entered the decode chain
+	expect100    bool
+
+	encMu       sync.Mutex // guards enc and the response writer state below
+	enc         *iterator
+	resp        responseWriter
+	respStarted atomic.Bool
+	localReply  atomic.Bool
+
+	tunnelOpen atomic.Bool // a 101 went downstream
+	upEnded    atomic.Bool // the client's half of the tunnel ended
+	downEnded  atomic.Bool // the upstream's half of the tunnel ended (written downstream)
+
+	done      chan struct{}
+	doneOnce  sync.Once
+	wasReset  atomic.Bool
+	resetOnce sync.Once
+
+	activity atomic.Int64 // unix nanos of the last byte either way, for the idle timer
+	timers   []*time.Timer
+}
+
+func newStream(ctx context.Context, c *conn, req *http1.Request) *stream {
+	s := &stream{m: c.m, c: c, req: req, h: req.Headers, method: req.Headers.Get(headers.Method), done: make(chan struct{})}
+	s.ctx, s.cancel = context.WithCancel(ctx)
+	s.decoderLimit.Store(int64(c.m.bufferLimit))
+	s.resp.s = s
+	s.touch()
+	return s
+}
+
+// run serves the stream to its end and reports whether the connection may carry another request.
+func (s *stream) run() bool {
+	ms := s.m.stats
+	cfg := s.m.cfg
+	ms.RqTotal.Inc()
+	ms.RqHTTP1Total.Inc()
+	ms.RqActive.Inc()
+	defer ms.RqActive.Dec()
+	defer s.finish()
+
+	h := s.h
+	if s.req.Minor == 0 {
+		if !cfg.AcceptHTTP10 {
+			s.earlyReply(426, "", "http1.0_not_allowed")
+			return false
+		}
+		if h.Get(headers.Authority) == "" {
+			h.Set(headers.Authority, cfg.DefaultHostHTTP10)
+		}
+	}
+	if s.method == "CONNECT" {
+		// CONNECT tunnels are not served yet; Envoy answers an unconfigured CONNECT with 404.
+		s.earlyReply(404, "", "connect_not_supported")
+		return false
+	}
+
+	isUpgrade := s.prepareRequestHeaders()
+	s.vh = router.SelectVirtualHost(cfg.Routes, h.Get(headers.Authority))
+	s.route = router.Match(s.vh, h)
+
+	chain := cfg.HTTPFilters
+	if isUpgrade {
+		token := headers.UpgradeToken(h)
+		verdict, c := decideUpgrade(cfg, s.route, token)
+		switch verdict {
+		case upgradeRejected:
+			ms.RqWsOnNonWsRoute.Inc()
+			ms.Upgrade(strings.ToLower(token)).Rejected.Inc()
+			s.earlyReply(403, "", "upgrade_failed")
+			return false
+		case upgradeAccepted:
+			s.upgrade = strings.ToLower(token)
+			s.upStats = ms.Upgrade(s.upgrade)
+			s.upStats.Accepted.Inc()
+			ms.CxUpgradesTotal.Inc()
+			ms.CxUpgradesActive.Inc()
+			defer ms.CxUpgradesActive.Dec()
+			chain = c
+		case upgradeNoRoute:
+			// Envoy: with no route the upgrade is neither accepted nor refused; the router's 404
+			// answers it, and the connection closes because the payload cannot be framed.
+			headers.StripUpgrade(h)
+			s.req.KeepAlive = false
+		}
+	}
+	s.buildChain(chain)
+	s.startTimers()
+
+	end := s.upgrade == "" && !isUpgrade && s.req.ContentLength <= 0 && !s.req.Chunked
+	if end {
+		s.decodeDone.Store(true)
+	}
+	s.dec.pushHeaders(h, end)
+	if !end && !s.aborted() {
+		if s.upgrade != "" {
+			s.pumpUpgradePayload()
+		} else if isUpgrade {
+			// Not accepted and no route: the bytes after the head are not ours to parse.
+			s.c.closing = true
+		} else {
+			s.readBody()
+		}
+	}
+	select {
+	case <-s.done:
+	case <-s.ctx.Done():
+	}
+	return s.keepAlive()
+}
+
+// prepareRequestHeaders applies the connection manager's request rules and reports whether the
+// request is still an upgrade afterwards.
+func (s *stream) prepareRequestHeaders() bool {
+	h, cfg := s.h, s.m.cfg
+	headers.StripH2C(h)
+	if len(cfg.IgnoreUpgrades) > 0 && h.Has("upgrade") {
+		var keep []string
+		for _, t := range h.Tokens("upgrade") {
+			ignored := false
+			for _, sm := range cfg.IgnoreUpgrades {
+				if router.MatchString(sm, t) {
+					ignored = true
+					break
+				}
+			}
+			if !ignored {
+				keep = append(keep, t)
+			}
+		}
+		if len(keep) == 0 {
+			headers.StripUpgrade(h)
+		} else {
+			h.Set("upgrade", strings.Join(keep, ", "))
+		}
+	}
+	// RFC 9110 §7.8: a server must ignore Upgrade in an HTTP/1.0 request.
+	isUpgrade := s.req.Minor == 1 && headers.IsUpgrade(h)
+	if strings.EqualFold(h.Get("expect"), "100-continue") {
+		// Like Envoy without proxy_100_continue: we answer 100 ourselves when we start reading the body.
+		h.Del("expect")
+		s.expect100 = s.req.Minor == 1 && (s.req.ContentLength > 0 || s.req.Chunked)
+	}
+	headers.RemoveHopByHop(h, isUpgrade)
+
+	// Forwarding headers, as Envoy sets them for every request.
+	remoteIP, _, _ := net.SplitHostPort(s.c.remote)
+	if cfg.UseRemoteAddress {
+		if xff := h.Get("x-forwarded-for"); xff != "" {
+			h.Set("x-forwarded-for", xff+", "+remoteIP)
+		} else {
+			h.Set("x-forwarded-for", remoteIP)
+		}
+		h.Set("x-forwarded-proto", "http")
+	} else if !h.Has("x-forwarded-proto") {
+		h.Set("x-forwarded-proto", "http")
+	}
+	if cfg.GenerateRequestID && !h.Has("x-request-id") {
+		h.Set("x-request-id", newRequestID())
+	}
+	h.Set(headers.Scheme, "http")
+	return isUpgrade
+}
+
+// buildChain instantiates the stream's filters, skipping those the route disables.
+func (s *stream) buildChain(chain []*config.HTTPFilter) {
+	var decStages, encStages []*stage
+	for _, nf := range s.m.chainFor(chain) {
+		if s.route != nil && s.route.DisabledFilters[nf.name] {
+			continue
+		}
+		f := nf.factory(s)
+		s.filters = append(s.filters, f)
+		if d, ok := f.(filter.DecoderFilter); ok {
+			decStages = append(decStages, &stage{name: nf.name, headers: d.DecodeHeaders, data: d.DecodeData})
+		}
+		if e, ok := f.(filter.EncoderFilter); ok {
+			encStages = append([]*stage{{name: nf.name, headers: e.EncodeHeaders, data: e.EncodeData}}, encStages...)
+		}
+	}
+	s.dec = newIterator(decStages)
+	s.dec.limit = func() int { return int(s.decoderLimit.Load()) }
+	s.dec.overflow = func() {
+		s.m.stats.RqTooLarge.Inc()
+		s.SendLocalReply(413, "Payload Too Large", "request_payload_too_large")
+	}
+	s.dec.aborted = s.aborted
+	s.dec.sinkH = func(*headers.Map, bool) {}
+	s.dec.sinkD = func(*buffer.Buffer, bool) {}
+
+	s.enc = newIterator(encStages)
+	s.enc.limit = func() int { return s.m.bufferLimit }
+	s.enc.overflow = func() {
+		s.m.stats.RsTooLarge.Inc()
+		s.reset("response_payload_too_large")
+	}
+	s.enc.aborted = func() bool { return s.wasReset.Load() }
+	s.enc.sinkH = s.resp.writeHeaders
+	s.enc.sinkD = s.resp.writeData
+}
+
+func (s *stream) aborted() bool { return s.localReply.Load() || s.wasReset.Load() }
+
+// readBody feeds a framed request body into the decode chain.
+func (s *stream) readBody() {
+	if s.expect100 {
+		s.c.wmu.Lock()
+		io.WriteString(s.c.bw, "HTTP/1.1 100 Continue\r\n\r\n")
+		s.c.bw.Flush()
+		s.c.wmu.Unlock()
+	}
+	body := http1.NewBodyReader(s.c.br, s.req.ContentLength, s.req.Chunked, false)
+	for !s.aborted() && !s.respFinished() {
+		slab := buffer.GetSlab()
+		n, err := body.Read(*slab)
+		if n > 0 {
+			s.touch()
+			s.dec.pushData(buffer.Wrap((*slab)[:n]), false)
+		}
+		buffer.PutSlab(slab)
+		if err == io.EOF {
+			s.decodeDone.Store(true)
+			s.dec.pushData(&buffer.Buffer{}, true)
+			return
+		}
+		if err != nil {
+			if _, ok := err.(*http1.ParseError); ok && !s.respStarted.Load() {
+				s.m.stats.CxProtocolError.Inc()
+				s.SendLocalReply(400, "Bad Request", "http1.codec_error")
+				return
+			}
+			s.reset("downstream_remote_disconnect")
+			return
+		}
+	}
+}
+
+// pumpUpgradePayload feeds the client's bytes after an accepted upgrade's head into the chain: the
+// early data already read, then the socket, borrowing a slab only while bytes move.
+func (s *stream) pumpUpgradePayload() {
+	c := s.c
+	if n := c.br.Buffered(); n > 0 {
+		p, _ := c.br.Peek(n)
+		b := buffer.Wrap(append([]byte(nil), p...))
+		c.br.Discard(n)
+		s.upStats.BytesUp.Add(uint64(n))
+		s.dec.pushData(b, false)
+	}
+	c.br = nil // the connection is a tunnel now: no HTTP parsing, no idle read buffer
+	c.closing = true
+	for !s.aborted() {
+		slab, n, err := tunnel.ReadSlab(c.nc)
+		if err != nil {
+			if err == io.EOF {
+				s.decodeDone.Store(true)
+				s.upEnded.Store(true)
+				s.dec.pushData(&buffer.Buffer{}, true)
+				s.maybeTunnelDone()
+				return
+			}
+			if !s.respFinished() {
+				s.reset("downstream_remote_disconnect")
+			}
+			return
+		}
+		s.touch()
+		s.upStats.BytesUp.Add(uint64(n))
+		s.dec.pushData(buffer.Wrap((*slab)[:n]), false)
+		buffer.PutSlab(slab)
+	}
+}
+
+// maybeTunnelDone ends a tunnel once both halves have ended.
+func (s *stream) maybeTunnelDone() {
+	if s.upEnded.Load() && s.downEnded.Load() {
+		s.markDone()
+	}
+}
+
+func (s *stream) respFinished() bool {
+	select {
+	case <-s.done:
+		return true
+	default:
+		return false
+	}
+}
+
+func (s *stream) markDone() {
+	s.doneOnce.Do(func() {
+		close(s.done)
+		if !s.decodeDone.Load() || s.upgrade != "" {
+			// The request is still arriving (or is a tunnel) and the exchange is over: wake the
+			// reader so the connection can close.
+			s.c.nc.SetReadDeadline(time.Now())
+		}
+	})
+}
+
+// reset tears the stream down: for HTTP/1.1 that means closing the downstream connection. The
+// router sees the context end and closes its upstream connection.
+func (s *stream) reset(reason string) {
+	s.resetOnce.Do(func() {
+		s.wasReset.Store(true)
+		s.c.closing = true
+		s.m.log.Debug("stream reset", "reason", reason, "remote", s.c.remote)
+		s.cancel()
+		s.c.nc.Close()
+		s.markDone()
+	})
+}
+
+// keepAlive decides whether the connection may carry another request.
+func (s *stream) keepAlive() bool {
+	return !s.c.closing && !s.resp.closeAfter && !s.wasReset.Load() && s.decodeDone.Load() && s.req.KeepAlive && s.respFinished()
+}
+
+// finish stops timers, ends the filters and releases the stream's context.
+func (s *stream) finish() {
+	for _, t := range s.timers {
+		t.Stop()
+	}
+	if s.tunnelOpen.Load() {
+		s.upStats.Active.Dec()
+	}
+	s.cancel()
+	for _, f := range s.filters {
+		if d, ok := f.(filter.Destroyer); ok {
+			d.OnDestroy()
+		}
+	}
+}
+
+// earlyReply answers before any filter exists, and closes the connection.
+func (s *stream) earlyReply(status int, body, details string) {
+	s.c.closing = true
+	s.enc = newIterator(nil)
+	s.enc.aborted = func() bool { return false }
+	s.enc.sinkH = s.resp.writeHeaders
+	s.enc.sinkD = s.resp.writeData
+	s.SendLocalReply(status, body, details)
+}
+
+func (s *stream) touch() { s.activity.Store(time.Now().UnixNano()) }
+
+// startTimers arms the stream's timeouts: idle (route idle_timeout, else stream_idle_timeout),
+// request_timeout and max_stream_duration. A timer that fires before the response has started
+// answers 408; after, it resets the stream.
+func (s *stream) startTimers() {
+	cfg := s.m.cfg
+	idle := cfg.StreamIdleTimeout
+	if s.route != nil && s.route.Action != nil && s.route.Action.IdleTimeout != nil {
+		idle = *s.route.Action.IdleTimeout
+	}
+	if idle > 0 {
+		var t *time.Timer
+		t = time.AfterFunc(idle, func() {
+			if since := time.Since(time.Unix(0, s.activity.Load())); since < idle {
+				t.Reset(idle - since)
+				return
+			}
+			s.m.stats.RqIdleTimeout.Inc()
+			s.timeout(408, "stream timeout", "stream_idle_timeout")
+		})
+		s.timers = append(s.timers, t)
+	}
+	if d := cfg.RequestTimeout; d > 0 {
+		s.timers = append(s.timers, time.AfterFunc(d, func() {
+			if s.decodeDone.Load() || s.respStarted.Load() {
+				return
+			}
+			s.m.stats.RqTimeout.Inc()
+			s.timeout(408, "request timeout", "request_overall_timeout")
+		}))
+	}
+	if d := cfg.MaxStreamDuration; d > 0 {
+		s.timers = append(s.timers, time.AfterFunc(d, func() {
+			s.m.stats.RqMaxDurationReached.Inc()
+			s.timeout(408, "downstream duration timeout", "max_duration_timeout")
+		}))
+	}
+}
+
+// timeout answers a timed-out stream without ever waiting behind a blocked write.
+func (s *stream) timeout(status int, body, details string) {
+	if s.respStarted.Load() || !s.encMu.TryLock() {
+		s.reset(details)
+		return
+	}
+	s.encMu.Unlock()
+	s.c.closing = true
+	s.SendLocalReply(status, body, details)
+	s.cancel()
+}
+
+// filter.Callbacks and router.StreamInfo.
+
+func (s *stream) Context() context.Context { return s.ctx }
+func (s *stream) UpgradeType() string      { return s.upgrade }
+func (s *stream) RouteName() string {
+	if s.route == nil {
+		return ""
+	}
+	return s.route.Name
+}
+func (s *stream) SetDecoderBufferLimit(n int)      { s.decoderLimit.Store(int64(n)) }
+func (s *stream) DecoderBufferLimit() int          { return int(s.decoderLimit.Load()) }
+func (s *stream) Route() *config.Route             { return s.route }
+func (s *stream) VirtualHost() *config.VirtualHost { return s.vh }
+func (s *stream) RouteTable() *config.RouteTable   { return s.m.cfg.Routes }
+func (s *stream) BufferLimit() int                 { return s.m.bufferLimit }
+func (s *stream) RequestChunked() bool             { return s.req.Chunked }
+func (s *stream) DownstreamRemoteAddress() string  { return s.c.remote }
+
+// SendLocalReply answers from the proxy, through the encoder filters; after the response has
+// started it resets the stream instead.
+func (s *stream) SendLocalReply(status int, body, details string) {
+	s.localReply.Store(true)
+	s.encMu.Lock()
+	defer s.encMu.Unlock()
+	if s.respStarted.Load() {
+		s.reset(details)
+		return
+	}
+	h := headers.New(headers.Status, strconv.Itoa(status))
+	if body != "" {
+		h.Add("content-type", "text/plain")
+	}
+	h.Add("content-length", strconv.Itoa(len(body)))
+	s.m.log.Debug("local reply", "status", status, "details", details)
+	s.enc.pushHeaders(h, body == "")
+	if body != "" {
+		s.enc.pushData(buffer.Wrap([]byte(body)), true)
+	}
+}
+
+// EncodeHeaders starts the response from the router or a filter.
+func (s *stream) EncodeHeaders(h *headers.Map, end bool) {
+	s.encMu.Lock()
+	defer s.encMu.Unlock()
+	if s.respStarted.Load() || s.wasReset.Load() {
+		return
+	}
+	s.enc.pushHeaders(h, end)
+}
+
+// EncodeData continues the response.
+func (s *stream) EncodeData(b *buffer.Buffer, end bool) {
+	s.encMu.Lock()
+	defer s.encMu.Unlock()
+	if !s.respStarted.Load() || s.resp.ended || s.wasReset.Load() {
+		return
+	}
+	if s.tunnelOpen.Load() {
+		s.upStats.BytesDown.Add(uint64(b.Len()))
+		s.touch()
+	}
+	s.enc.pushData(b, end)
+}
+
+// newRequestID returns a random UUID v4, as Envoy's x-request-id.
+func newRequestID() string {
+	var b [16]byte
+	rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+}

@@ -1,0 +1,362 @@
+package router
+
+import (
+	"context"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/switchyard-proxy/switchyard/buffer"
+	"github.com/switchyard-proxy/switchyard/filter"
+	"github.com/switchyard-proxy/switchyard/headers"
+	"github.com/switchyard-proxy/switchyard/internal/cluster"
+	"github.com/switchyard-proxy/switchyard/internal/config"
+	"google.golang.org/protobuf/proto"
+)
+
+// StreamInfo is what the connection manager tells the router about a stream, beyond
+// filter.Callbacks. The HCM's stream implements it; the router type-asserts.
+type StreamInfo interface {
+	Route() *config.Route
+	VirtualHost() *config.VirtualHost
+	RouteTable() *config.RouteTable
+	BufferLimit() int     // per_connection_buffer_limit_bytes: bounds what the router holds
+	RequestChunked() bool // the request body arrives without a known length
+}
+
+// Local reply bodies, as Envoy words them, so clients and dashboards that match on them keep working.
+const (
+	bodyConnectFailure = "upstream connect error or disconnect/reset before headers. reset reason: connection failure"
+	bodyReset          = "upstream connect error or disconnect/reset before headers. reset reason: connection termination"
+	bodyOverflow       = "upstream connect error or disconnect/reset before headers. reset reason: overflow"
+	bodyProtocolError  = "upstream connect error or disconnect/reset before headers. reset reason: protocol error"
+	bodyTimeout        = "upstream request timeout"
+	bodyNoHealthy      = "no healthy upstream"
+)
+
+// Builder returns the router filter's builder, bound to the snapshot's clusters.
+func Builder(cm *cluster.Manager, log *slog.Logger) filter.Builder {
+	return func(proto.Message) (filter.Factory, error) {
+		return func(cb filter.Callbacks) any {
+			r := &routerFilter{cb: cb, cm: cm, log: log, retainable: true}
+			r.cond = sync.NewCond(&r.mu)
+			if info, ok := cb.(StreamInfo); ok {
+				r.info = info
+			}
+			return r
+		}, nil
+	}
+}
+
+// routerFilter is one stream's router: it runs attempts (retries) against the route's cluster,
+// holds an upgrade's payload until the upstream answers 101, and then carries the tunnel's
+// upstream half.
+type routerFilter struct {
+	filter.PassThrough
+	cb   filter.Callbacks
+	info StreamInfo
+	cm   *cluster.Manager
+	log  *slog.Logger
+
+	// Set by DecodeHeaders on the decode goroutine before any attempt starts; read-only after.
+	action    *config.RouteAction
+	cl        *cluster.Cluster
+	upHeaders *headers.Map
+	upgrade   string
+	method    string
+	chunked   bool
+	hasBody   bool
+	respAdd   [][]config.HeaderToAdd
+	respDel   [][]string
+	limit     int
+
+	mu          sync.Mutex // guards everything below
+	cond        *sync.Cond // signalled when queue, bodyEnd, direct or finished change
+	queue       []byte     // request bytes not yet written to the current attempt
+	retained    []byte     // every request byte so far, kept for a retry while it fits the limit
+	retainable  bool
+	bodyEnd     bool // the client's end of stream has been received
+	direct      bool // the tunnel is open: DecodeData writes straight to the upstream connection
+	finished    bool // no more attempts: the response is decided or the stream is gone
+	established bool // the upstream switched protocols
+	att         *attempt
+	timer       *time.Timer // the route timeout
+	started     bool        // DecodeHeaders began the request
+	stopCtx     func() bool
+	wg          sync.WaitGroup
+}
+
+// attempt is one try against one upstream connection.
+type attempt struct {
+	lease    *cluster.Lease
+	wmu      sync.Mutex // serialises writes to the connection
+	mu       sync.Mutex
+	reason   string // why the attempt was aborted ("" while live)
+	bodySent bool   // the whole request body reached the connection
+	perTry   *time.Timer
+}
+
+func (a *attempt) abort(reason string) {
+	a.mu.Lock()
+	if a.reason == "" {
+		a.reason = reason
+	}
+	a.mu.Unlock()
+	a.lease.Conn.Close()
+}
+
+func (a *attempt) abortReason() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.reason
+}
+
+// DecodeHeaders picks the cluster and starts the first attempt.
+func (r *routerFilter) DecodeHeaders(h *headers.Map, end bool) filter.Status {
+	if r.info == nil {
+		r.cb.SendLocalReply(500, "", "router_without_stream_info")
+		return filter.StopIteration
+	}
+	route := r.info.Route()
+	switch {
+	case route == nil:
+		r.cb.SendLocalReply(404, "", "route_not_found")
+		return filter.StopIteration
+	case route.DirectResponse != nil:
+		r.directResponse(route)
+		return filter.StopIteration
+	}
+	r.action = route.Action
+	name := r.action.Cluster
+	if len(r.action.WeightedClusters) > 0 {
+		name = pickWeighted(r.action.WeightedClusters, r.action.TotalWeight)
+	}
+	r.cl = r.cm.Get(name)
+	if r.cl == nil {
+		r.cb.SendLocalReply(503, "", "cluster_not_found")
+		return filter.StopIteration
+	}
+	r.upgrade = r.cb.UpgradeType()
+	r.method = h.Get(headers.Method)
+	r.hasBody = !end
+	r.chunked = r.upgrade == "" && r.info.RequestChunked()
+	r.limit = r.info.BufferLimit()
+	r.upHeaders = r.requestHeaders(h, route)
+	r.started = true
+	stop := context.AfterFunc(r.cb.Context(), func() {
+		r.mu.Lock()
+		r.finished = true
+		att := r.att
+		r.cond.Broadcast()
+		r.mu.Unlock()
+		if att != nil {
+			att.abort("downstream_reset")
+		}
+	})
+	r.stopCtx = stop
+	r.mu.Lock()
+	r.bodyEnd = end
+	if r.upgrade != "" || end {
+		// Envoy arms the route timeout at the end of the request; an upgrade never ends its
+		// request, so for upgrades it covers the wait for the 101 from the headers on.
+		r.armTimeout()
+	}
+	r.mu.Unlock()
+	r.wg.Add(1)
+	go r.run()
+	return filter.StopIteration
+}
+
+// DecodeData queues request bytes for the current attempt, or writes them straight to the tunnel.
+// It blocks while more than the buffer limit is queued, so a fast client cannot grow our memory.
+func (r *routerFilter) DecodeData(b *buffer.Buffer, end bool) filter.Status {
+	if !r.started {
+		return filter.StopIteration
+	}
+	p := b.Bytes()
+	r.mu.Lock()
+	if r.finished && !r.established {
+		r.mu.Unlock()
+		return filter.StopIteration
+	}
+	if r.retainable && !r.established {
+		if len(r.retained)+len(p) > r.limit {
+			r.retainable, r.retained = false, nil
+		} else {
+			r.retained = append(r.retained, p...)
+		}
+	}
+	if end {
+		r.bodyEnd = true
+		if r.upgrade == "" {
+			r.armTimeout()
+		}
+	}
+	if r.direct {
+		att := r.att
+		r.mu.Unlock()
+		att.wmu.Lock()
+		var err error
+		if len(p) > 0 {
+			_, err = att.lease.Conn.Write(p)
+		}
+		if end && err == nil {
+			closeWrite(att.lease.Conn)
+		}
+		att.wmu.Unlock()
+		if err != nil {
+			att.abort("upstream_write_failed")
+		}
+		return filter.StopIteration
+	}
+	r.queue = append(r.queue, p...)
+	r.cond.Broadcast()
+	for len(r.queue) > r.limit && !r.direct && !r.finished {
+		r.cond.Wait()
+	}
+	r.mu.Unlock()
+	return filter.StopIteration
+}
+
+// OnDestroy ends every attempt and waits for the router's goroutines.
+func (r *routerFilter) OnDestroy() {
+	r.mu.Lock()
+	r.finished = true
+	if r.timer != nil {
+		r.timer.Stop()
+	}
+	att := r.att
+	r.cond.Broadcast()
+	r.mu.Unlock()
+	if att != nil {
+		att.abort("stream_end")
+	}
+	if r.stopCtx != nil {
+		r.stopCtx()
+	}
+	r.wg.Wait()
+}
+
+// armTimeout starts the route timeout once. Called with r.mu held.
+func (r *routerFilter) armTimeout() {
+	if r.timer != nil || r.action.Timeout <= 0 {
+		return
+	}
+	r.timer = time.AfterFunc(r.action.Timeout, func() {
+		r.mu.Lock()
+		if r.finished || r.established {
+			r.mu.Unlock()
+			return
+		}
+		r.finished = true
+		att := r.att
+		r.cond.Broadcast()
+		r.mu.Unlock()
+		r.cl.Stats.UpstreamRqTimeout.Inc()
+		if att != nil {
+			att.abort("global_timeout")
+		}
+		r.cb.SendLocalReply(504, bodyTimeout, "upstream_response_timeout")
+	})
+}
+
+// requestHeaders builds the headers sent upstream: rewrites, header mutations (route table, then
+// virtual host, then route, so the most specific wins) and Envoy's expected-timeout header.
+func (r *routerFilter) requestHeaders(h *headers.Map, route *config.Route) *headers.Map {
+	up := h.Clone()
+	a := route.Action
+	if a.HasPrefixRewrite {
+		path := up.Get(headers.Path)
+		if len(path) >= len(route.Match.Prefix) {
+			up.Set("x-envoy-original-path", path)
+			up.Set(headers.Path, a.PrefixRewrite+path[len(route.Match.Prefix):])
+		}
+	}
+	if a.HostRewrite != "" {
+		up.Set(headers.Authority, a.HostRewrite)
+	}
+	vh, rt := r.info.VirtualHost(), r.info.RouteTable()
+	if rt != nil {
+		mutate(up, rt.RequestHeadersToAdd, rt.RequestHeadersToRemove)
+		r.respAdd = append(r.respAdd, rt.ResponseHeadersToAdd)
+		r.respDel = append(r.respDel, rt.ResponseHeadersToRemove)
+	}
+	if vh != nil {
+		mutate(up, vh.RequestHeadersToAdd, vh.RequestHeadersToRemove)
+		r.respAdd = append(r.respAdd, vh.ResponseHeadersToAdd)
+		r.respDel = append(r.respDel, vh.ResponseHeadersToRemove)
+	}
+	mutate(up, route.RequestHeadersToAdd, route.RequestHeadersToRemove)
+	r.respAdd = append(r.respAdd, route.ResponseHeadersToAdd)
+	r.respDel = append(r.respDel, route.ResponseHeadersToRemove)
+	if a.Timeout > 0 {
+		up.Set("x-envoy-expected-rq-timeout-ms", strconv.FormatInt(a.Timeout.Milliseconds(), 10))
+	}
+	if r.chunked {
+		up.Del("content-length")
+		up.Set("transfer-encoding", "chunked")
+	}
+	return up
+}
+
+func (r *routerFilter) responseHeaders(h *headers.Map) {
+	for i := range r.respAdd {
+		mutate(h, r.respAdd[i], r.respDel[i])
+	}
+}
+
+func mutate(h *headers.Map, add []config.HeaderToAdd, del []string) {
+	for _, d := range del {
+		if !strings.HasPrefix(d, ":") && d != "host" {
+			h.Del(d)
+		}
+	}
+	for _, a := range add {
+		if a.Append {
+			h.Add(a.Name, a.Value)
+		} else {
+			h.Set(a.Name, a.Value)
+		}
+	}
+}
+
+func (r *routerFilter) directResponse(route *config.Route) {
+	d := route.DirectResponse
+	h := headers.New(headers.Status, strconv.Itoa(d.Status))
+	r.info = nil
+	if d.Body != "" {
+		h.Add("content-type", "text/plain")
+	}
+	h.Add("content-length", strconv.Itoa(len(d.Body)))
+	for _, m := range [][]config.HeaderToAdd{route.ResponseHeadersToAdd} {
+		mutate(h, m, route.ResponseHeadersToRemove)
+	}
+	r.cb.EncodeHeaders(h, d.Body == "")
+	if d.Body != "" {
+		r.cb.EncodeData(buffer.Wrap([]byte(d.Body)), true)
+	}
+}
+
+func pickWeighted(ws []config.WeightedCluster, total uint32) string {
+	if total == 0 {
+		return ws[0].Name
+	}
+	n := rand.Uint32N(total)
+	for _, w := range ws {
+		if n < w.Weight {
+			return w.Name
+		}
+		n -= w.Weight
+	}
+	return ws[len(ws)-1].Name
+}
+
+func closeWrite(c net.Conn) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
+}

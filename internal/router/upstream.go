@@ -1,0 +1,402 @@
+package router
+
+import (
+	"errors"
+	"io"
+	"math/rand/v2"
+	"strings"
+	"time"
+
+	"github.com/switchyard-proxy/switchyard/buffer"
+	"github.com/switchyard-proxy/switchyard/headers"
+	"github.com/switchyard-proxy/switchyard/internal/cluster"
+	"github.com/switchyard-proxy/switchyard/internal/codec/http1"
+	"github.com/switchyard-proxy/switchyard/internal/tunnel"
+)
+
+// failure kinds a retry policy can name.
+type failure int
+
+const (
+	failConnect failure = iota
+	failReset           // disconnect, reset or per-try timeout before the response headers
+	fail5xx
+)
+
+// upstreamHeaderLimit bounds an upstream response head.
+const upstreamHeaderLimit = 60 << 10
+
+// run is the upstream goroutine: it makes attempts until one produces the response, then relays
+// that response (or carries the tunnel's upstream half) to the end.
+func (r *routerFilter) run() {
+	defer r.wg.Done()
+	st := r.cl.Stats
+	if err := r.cl.StartRequest(); err != nil {
+		r.fail(503, bodyOverflow, "upstream_overflow")
+		return
+	}
+	defer r.cl.EndRequest()
+	retries := 0
+	policy := r.action.Retry
+	canRetry := func(f failure) bool {
+		if policy == nil || retries >= policy.NumRetries || !r.canReplay() {
+			return false
+		}
+		switch f {
+		case failConnect:
+			return policy.On5xx || policy.OnConnectFailure
+		case failReset:
+			return policy.On5xx || policy.OnReset
+		default:
+			return policy.On5xx
+		}
+	}
+	for {
+		if !r.attempt(canRetry, retries > 0) {
+			return
+		}
+		retries++
+		st.UpstreamRqRetry.Inc()
+		// Envoy's default back-off: 25 ms base, doubled per retry, fully jittered.
+		backoff := time.Duration(rand.Int64N(int64(25*time.Millisecond) << min(retries-1, 3)))
+		select {
+		case <-time.After(backoff):
+		case <-r.cb.Context().Done():
+			return
+		}
+		r.mu.Lock()
+		if r.finished {
+			r.mu.Unlock()
+			return
+		}
+		r.att = nil
+		if r.upgrade == "" {
+			r.queue = append([]byte(nil), r.retained...)
+		}
+		r.mu.Unlock()
+	}
+}
+
+// canReplay reports whether everything sent to the failed attempt can be sent again.
+func (r *routerFilter) canReplay() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return !r.finished && (r.upgrade != "" || r.retainable)
+}
+
+// fail answers the client from the router, unless the stream was already answered or ended.
+func (r *routerFilter) fail(status int, body, details string) {
+	r.mu.Lock()
+	already := r.finished
+	r.finished = true
+	if r.timer != nil {
+		r.timer.Stop()
+	}
+	r.cond.Broadcast()
+	r.mu.Unlock()
+	if !already {
+		r.cb.SendLocalReply(status, body, details)
+	}
+}
+
+// attempt makes one try. It reports true when the caller should retry.
+func (r *routerFilter) attempt(canRetry func(failure) bool, isRetry bool) bool {
+	ctx := r.cb.Context()
+	st := r.cl.Stats
+	lease, err := r.cl.Acquire(ctx)
+	if err != nil {
+		var ce *cluster.ConnectError
+		switch {
+		case ctx.Err() != nil:
+		case errors.Is(err, cluster.ErrOverflow):
+			r.fail(503, bodyOverflow, "upstream_overflow")
+		case errors.Is(err, cluster.ErrNoHealthyUpstream):
+			r.fail(503, bodyNoHealthy, "no_healthy_upstream")
+		case errors.As(err, &ce):
+			if canRetry(failConnect) {
+				return true
+			}
+			r.fail(503, bodyConnectFailure, "upstream_reset_before_response_started{connection_failure}")
+		default:
+			r.fail(503, bodyConnectFailure, "upstream_reset_before_response_started{connection_failure}")
+		}
+		return false
+	}
+	st.UpstreamRqTotal.Inc()
+	att := &attempt{lease: lease}
+	r.mu.Lock()
+	if r.finished {
+		r.mu.Unlock()
+		lease.Release(false)
+		return false
+	}
+	r.att = att
+	r.mu.Unlock()
+	if p := r.action.Retry; p != nil && p.PerTryTimeout > 0 {
+		att.perTry = time.AfterFunc(p.PerTryTimeout, func() { att.abort("per_try_timeout") })
+	}
+	stopPerTry := func() {
+		if att.perTry != nil {
+			att.perTry.Stop()
+		}
+	}
+	defer stopPerTry()
+
+	att.wmu.Lock()
+	err = http1.WriteRequestHead(lease.Writer, r.upHeaders)
+	if err == nil {
+		err = lease.Writer.Flush()
+	}
+	att.wmu.Unlock()
+	if err == nil && r.upgrade == "" && r.hasBody {
+		r.wg.Add(1)
+		go r.writeBody(att)
+	}
+	var resp *http1.Response
+	if err == nil {
+		resp, err = readFinalResponse(lease)
+	}
+	if err != nil {
+		lease.Release(false)
+		switch att.abortReason() {
+		case "global_timeout", "downstream_reset", "stream_end":
+			return false
+		case "per_try_timeout":
+			st.UpstreamRqPerTryTimeout.Inc()
+			if canRetry(failReset) {
+				return true
+			}
+			r.fail(504, bodyTimeout, "upstream_per_try_timeout")
+			return false
+		}
+		var pe *http1.ParseError
+		if errors.As(err, &pe) {
+			st.UpstreamCxProtocolError.Inc()
+			r.fail(502, bodyProtocolError, "upstream_reset_before_response_started{protocol_error}")
+			return false
+		}
+		st.UpstreamRqRxReset.Inc()
+		if canRetry(failReset) {
+			return true
+		}
+		r.fail(503, bodyReset, "upstream_reset_before_response_started{connection_termination}")
+		return false
+	}
+	stopPerTry()
+	status := resp.Status
+	st.CountResponse(status)
+	if status >= 500 && canRetry(fail5xx) {
+		lease.Release(false)
+		return true
+	}
+	if isRetry && status < 500 {
+		st.UpstreamRqRetrySuccess.Inc()
+	}
+	switch {
+	case r.upgrade != "" && status == 101:
+		if !validSwitch(resp, r.upgrade) {
+			lease.Release(false)
+			st.UpstreamCxProtocolError.Inc()
+			r.fail(502, bodyProtocolError, "upgrade_response_invalid")
+			return false
+		}
+		r.tunnel(att, resp)
+	case status == 101:
+		// RFC 9110 §15.2.2: a server must not switch to a protocol the client did not ask for.
+		lease.Release(false)
+		st.UpstreamCxProtocolError.Inc()
+		r.fail(502, bodyProtocolError, "unsolicited_101")
+	default:
+		// Any other answer to an upgrade is relayed as a normal response, and the connection
+		// that carried the upgrade attempt is never reused.
+		r.relay(att, resp, r.upgrade == "")
+	}
+	return false
+}
+
+// readFinalResponse reads the response head, skipping interim 1xx responses other than 101.
+func readFinalResponse(lease *cluster.Lease) (*http1.Response, error) {
+	for {
+		resp, err := http1.ReadResponse(lease.Reader, http1.Limits{MaxHeaderBytes: upstreamHeaderLimit})
+		if err != nil {
+			return nil, err
+		}
+		if resp.Status >= 200 || resp.Status == 101 {
+			return resp, nil
+		}
+	}
+}
+
+// validSwitch checks a 101: it must be an upgrade to exactly the protocol the client asked for
+// (for every upgrade type, not only websocket: CVE-2024-23326), and carry no body framing.
+func validSwitch(resp *http1.Response, requested string) bool {
+	h := resp.Headers
+	if !headers.IsUpgrade(h) || !strings.EqualFold(headers.UpgradeToken(h), requested) {
+		return false
+	}
+	return !resp.Chunked && resp.ContentLength <= 0
+}
+
+// writeBody copies queued request body bytes to the attempt's connection.
+func (r *routerFilter) writeBody(att *attempt) {
+	defer r.wg.Done()
+	var cw *http1.ChunkedWriter
+	if r.chunked {
+		cw = http1.NewChunkedWriter(att.lease.Writer)
+	}
+	for {
+		r.mu.Lock()
+		for len(r.queue) == 0 && !r.bodyEnd && !r.finished && r.att == att {
+			r.cond.Wait()
+		}
+		if r.finished || r.att != att {
+			r.mu.Unlock()
+			return
+		}
+		q, end := r.queue, r.bodyEnd
+		r.queue = nil
+		r.cond.Broadcast()
+		r.mu.Unlock()
+
+		att.wmu.Lock()
+		var err error
+		if len(q) > 0 {
+			if cw != nil {
+				_, err = cw.Write(q)
+			} else {
+				_, err = att.lease.Writer.Write(q)
+			}
+		}
+		if err == nil && end && cw != nil {
+			err = cw.Close(nil)
+		}
+		if err == nil {
+			err = att.lease.Writer.Flush()
+		}
+		att.wmu.Unlock()
+		if err != nil {
+			att.abort("upstream_write_failed")
+			return
+		}
+		if end {
+			att.mu.Lock()
+			att.bodySent = true
+			att.mu.Unlock()
+			return
+		}
+	}
+}
+
+// relay passes a normal response downstream and returns its connection to the pool when the
+// whole exchange was clean.
+func (r *routerFilter) relay(att *attempt, resp *http1.Response, reusable bool) {
+	lease := att.lease
+	length, chunked, untilClose := http1.ResponseBodyLength(resp, r.method)
+	end := length == 0 && !chunked && !untilClose
+	h := resp.Headers
+	if r.upgrade != "" {
+		headers.StripUpgrade(h)
+	}
+	r.responseHeaders(h)
+	r.cb.EncodeHeaders(h, end)
+	clean := true
+	if !end {
+		body := http1.NewBodyReader(lease.Reader, length, chunked, untilClose)
+		for {
+			slab := buffer.GetSlab()
+			n, err := body.Read(*slab)
+			if n > 0 {
+				r.cb.EncodeData(buffer.Wrap((*slab)[:n]), false)
+			}
+			buffer.PutSlab(slab)
+			if err == io.EOF {
+				r.cb.EncodeData(&buffer.Buffer{}, true)
+				break
+			}
+			if err != nil {
+				clean = false
+				r.cb.SendLocalReply(502, bodyReset, "upstream_reset_after_response_started")
+				break
+			}
+		}
+	}
+	r.mu.Lock()
+	r.finished = true
+	if r.timer != nil {
+		r.timer.Stop()
+	}
+	r.cond.Broadcast()
+	r.mu.Unlock()
+	att.mu.Lock()
+	sent := att.bodySent || !r.hasBody
+	att.mu.Unlock()
+	lease.Release(reusable && clean && resp.KeepAlive && sent && !untilClose && att.abortReason() == "")
+}
+
+// tunnel carries an established upgrade: it sends the 101 downstream, flushes the client bytes
+// held while waiting for it, and then pumps upstream bytes downstream until the upstream ends.
+func (r *routerFilter) tunnel(att *attempt, resp *http1.Response) {
+	r.mu.Lock()
+	if r.finished {
+		r.mu.Unlock()
+		att.lease.Release(false)
+		return
+	}
+	r.established = true
+	if r.timer != nil {
+		r.timer.Stop() // the route timeout covers only the wait for the 101
+	}
+	r.retained = nil
+	r.mu.Unlock()
+
+	lease := att.lease
+	var early []byte
+	if n := lease.Reader.Buffered(); n > 0 {
+		p, _ := lease.Reader.Peek(n)
+		early = append([]byte(nil), p...)
+	}
+	conn := lease.Hijack()
+	h := resp.Headers
+	r.responseHeaders(h)
+	r.cb.EncodeHeaders(h, false)
+
+	// Flush what the client sent while we waited, then let DecodeData write directly.
+	att.wmu.Lock()
+	for {
+		r.mu.Lock()
+		q, end := r.queue, r.bodyEnd
+		r.queue = nil
+		if len(q) == 0 {
+			r.direct = true
+			r.cond.Broadcast()
+			r.mu.Unlock()
+			if end {
+				closeWrite(conn)
+			}
+			break
+		}
+		r.cond.Broadcast()
+		r.mu.Unlock()
+		if _, err := conn.Write(q); err != nil {
+			break
+		}
+	}
+	att.wmu.Unlock()
+
+	if len(early) > 0 {
+		r.cb.EncodeData(buffer.Wrap(early), false)
+	}
+	for {
+		slab, n, err := tunnel.ReadSlab(conn)
+		if err != nil {
+			if err == io.EOF {
+				r.cb.EncodeData(&buffer.Buffer{}, true)
+			} else if r.cb.Context().Err() == nil {
+				r.cb.SendLocalReply(502, "", "upstream_reset_after_response_started")
+			}
+			return
+		}
+		r.cb.EncodeData(buffer.Wrap((*slab)[:n]), false)
+		buffer.PutSlab(slab)
+	}
+}

@@ -1,0 +1,218 @@
+// Package server assembles a running proxy from a compiled snapshot: clusters, filter builders,
+// one connection manager per listener, accept loops and the admin endpoint. It is the only package
+// that imports everything.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/switchyard-proxy/switchyard/filter"
+	"github.com/switchyard-proxy/switchyard/internal/admin"
+	"github.com/switchyard-proxy/switchyard/internal/cluster"
+	"github.com/switchyard-proxy/switchyard/internal/config"
+	bufferfilter "github.com/switchyard-proxy/switchyard/internal/filters/buffer"
+	"github.com/switchyard-proxy/switchyard/internal/hcm"
+	"github.com/switchyard-proxy/switchyard/internal/router"
+	"github.com/switchyard-proxy/switchyard/internal/stats"
+	"google.golang.org/protobuf/proto"
+)
+
+// Version is reported by --version and /server_info.
+const Version = "0.1.0"
+
+// Builders lists the built-in HTTP filters explicitly (no init() registration), bound to the
+// snapshot's clusters where they need them.
+func Builders(cm *cluster.Manager, log *slog.Logger) map[string]filter.Builder {
+	return map[string]filter.Builder{
+		config.RouterFilter: router.Builder(cm, log),
+		config.BufferFilter: bufferfilter.Build,
+	}
+}
+
+// Server is one running proxy.
+type Server struct {
+	snap     *config.Snapshot
+	log      *slog.Logger
+	store    *stats.Store
+	clusters *cluster.Manager
+	admin    *admin.Server
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // accept loops and connections
+	mu     sync.Mutex
+	lns    []net.Listener
+	conns  map[net.Conn]struct{}
+	quit   chan struct{}
+	quitMu sync.Once
+}
+
+// New prepares a server; nothing listens until Start.
+func New(snap *config.Snapshot, log *slog.Logger) *Server {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Server{snap: snap, log: log, store: stats.NewStore(), ctx: ctx, cancel: cancel,
+		conns: map[net.Conn]struct{}{}, quit: make(chan struct{})}
+}
+
+// Stats is the server's stat store.
+func (s *Server) Stats() *stats.Store { return s.store }
+
+// Start opens the admin endpoint and every listener and begins accepting.
+func (s *Server) Start() error {
+	s.clusters = cluster.NewManager(s.snap.Clusters, s.store, s.log)
+	builders := Builders(s.clusters, s.log)
+	type ready struct {
+		l   *config.Listener
+		m   *hcm.Manager
+		ln  net.Listener
+		cxT *stats.Counter
+		cxA *stats.Gauge
+		cxD *stats.Counter
+	}
+	var rs []ready
+	for _, l := range s.snap.Listeners {
+		m, err := hcm.New(l.HCM, l.BufferLimit, s.store, builders, s.log)
+		if err != nil {
+			s.Close()
+			return fmt.Errorf("listener %q: %w", l.Name, err)
+		}
+		ln, err := net.Listen("tcp", l.Address)
+		if err != nil {
+			s.Close()
+			return fmt.Errorf("listener %q: %w", l.Name, err)
+		}
+		s.mu.Lock()
+		s.lns = append(s.lns, ln)
+		s.mu.Unlock()
+		sc := s.store.Scope("listener." + l.StatName)
+		rs = append(rs, ready{l: l, m: m, ln: ln, cxT: sc.Counter("downstream_cx_total"),
+			cxA: sc.Gauge("downstream_cx_active"), cxD: sc.Counter("downstream_cx_destroy")})
+	}
+	if s.snap.Admin != nil {
+		a, err := admin.Start(admin.Options{
+			Address:    s.snap.Admin.Address,
+			Stats:      s.store,
+			ConfigDump: func() proto.Message { return s.snap.Bootstrap },
+			Clusters:   s.clusterStatus,
+			Version:    Version,
+			Quit:       s.Quit,
+			Logger:     s.log,
+		})
+		if err != nil {
+			s.Close()
+			return fmt.Errorf("admin: %w", err)
+		}
+		s.admin = a
+	}
+	for _, r := range rs {
+		s.wg.Add(1)
+		go s.accept(r.ln, r.m, r.cxT, r.cxA, r.cxD)
+	}
+	return nil
+}
+
+// accept is a listener's accept loop; it owns the connection goroutines it starts.
+func (s *Server) accept(ln net.Listener, m *hcm.Manager, cxT *stats.Counter, cxA *stats.Gauge, cxD *stats.Counter) {
+	defer s.wg.Done()
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			s.log.Warn("accept failed", "err", err)
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		if tc, ok := nc.(*net.TCPConn); ok {
+			tc.SetNoDelay(true)
+		}
+		s.mu.Lock()
+		if s.conns == nil {
+			s.mu.Unlock()
+			nc.Close()
+			return
+		}
+		s.conns[nc] = struct{}{}
+		s.mu.Unlock()
+		cxT.Inc()
+		cxA.Inc()
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			m.ServeConn(s.ctx, nc)
+			cxA.Dec()
+			cxD.Inc()
+			s.mu.Lock()
+			delete(s.conns, nc)
+			s.mu.Unlock()
+		}()
+	}
+}
+
+// ListenerAddrs returns the bound address of every listener, in config order.
+func (s *Server) ListenerAddrs() []net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]net.Addr, len(s.lns))
+	for i, ln := range s.lns {
+		out[i] = ln.Addr()
+	}
+	return out
+}
+
+// AdminAddr returns the admin endpoint's address, or nil.
+func (s *Server) AdminAddr() net.Addr {
+	if s.admin == nil {
+		return nil
+	}
+	return s.admin.Addr()
+}
+
+// Quit asks the process to exit at once (admin /quitquitquit).
+func (s *Server) Quit() { s.quitMu.Do(func() { close(s.quit) }) }
+
+// Quitting is closed when Quit was called.
+func (s *Server) Quitting() <-chan struct{} { return s.quit }
+
+// Close stops listening, closes every connection (tunnels included) and waits for every goroutine
+// the server started.
+func (s *Server) Close() {
+	s.mu.Lock()
+	for _, ln := range s.lns {
+		ln.Close()
+	}
+	conns := s.conns
+	s.conns = nil
+	s.mu.Unlock()
+	s.cancel()
+	for nc := range conns {
+		nc.Close()
+	}
+	s.wg.Wait()
+	if s.admin != nil {
+		s.admin.Close()
+	}
+	if s.clusters != nil {
+		s.clusters.Close()
+	}
+}
+
+func (s *Server) clusterStatus() []admin.ClusterStatus {
+	var out []admin.ClusterStatus
+	for _, c := range s.clusters.All() {
+		cs := admin.ClusterStatus{Name: c.Config.Name}
+		for _, h := range c.Hosts() {
+			cs.Hosts = append(cs.Hosts, admin.HostStatus{Address: h.Address, Healthy: true,
+				ActiveRequests: h.ActiveRequests(), ActiveConnections: h.ActiveConnections(), Weight: h.Weight})
+		}
+		out = append(out, cs)
+	}
+	return out
+}

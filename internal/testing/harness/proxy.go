@@ -1,0 +1,233 @@
+// Package harness runs the built switchyard binary from a YAML string against upstreams the test
+// owns, over real sockets, and reads its stats from the admin endpoint — the way a user sees it.
+package harness
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// moduleRoot finds the repository root from this file's location.
+func moduleRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", "..", ".."))
+}
+
+// Binary builds cmd/switchyard once per test process (with -race when the tests run with it) and
+// returns its path.
+func Binary(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "switchyard-e2e-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "switchyard")
+		args := []string{"build", "-o", binPath}
+		if raceEnabled {
+			args = append(args, "-race")
+		}
+		args = append(args, "./cmd/switchyard")
+		cmd := exec.Command("go", args...)
+		cmd.Dir = moduleRoot()
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+// Proxy is one running switchyard process.
+type Proxy struct {
+	t         testing.TB
+	cmd       *exec.Cmd
+	Admin     string            // host:port of the admin endpoint
+	Listeners map[string]string // listener name → host:port
+	mu        sync.Mutex
+	log       strings.Builder
+	exited    chan struct{}
+	exitErr   error
+}
+
+var (
+	listenRe = regexp.MustCompile(`msg=listening listener=(\S+) address=(\S+)`)
+	adminRe  = regexp.MustCompile(`msg="admin address" address=(\S+)`)
+)
+
+// Start runs switchyard with yaml as its config. Use port_value: 0 for listeners and admin; the
+// bound addresses are read from the log. The process is stopped at test cleanup, and the test
+// fails if it wrote a data race report.
+func Start(t testing.TB, yaml string, extraArgs ...string) *Proxy {
+	t.Helper()
+	bin := Binary(t)
+	cfg := filepath.Join(t.TempDir(), "envoy.yaml")
+	if err := os.WriteFile(cfg, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	args := append([]string{"-c", cfg, "-l", "debug"}, extraArgs...)
+	cmd := exec.Command(bin, args...)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout = io.Discard
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &Proxy{t: t, cmd: cmd, Listeners: map[string]string{}, exited: make(chan struct{})}
+	ready := make(chan struct{})
+	var readyOnce sync.Once
+	wantListeners := strings.Count(yaml, "filter_chains:")
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			line := sc.Text()
+			p.mu.Lock()
+			p.log.WriteString(line + "\n")
+			if m := listenRe.FindStringSubmatch(line); m != nil {
+				p.Listeners[m[1]] = m[2]
+			}
+			if m := adminRe.FindStringSubmatch(line); m != nil {
+				p.Admin = m[1]
+			}
+			done := p.Admin != "" && len(p.Listeners) >= wantListeners
+			p.mu.Unlock()
+			if done {
+				readyOnce.Do(func() { close(ready) })
+			}
+		}
+	}()
+	go func() {
+		p.exitErr = cmd.Wait()
+		close(p.exited)
+	}()
+	select {
+	case <-ready:
+	case <-p.exited:
+		t.Fatalf("switchyard exited at start: %v\n%s", p.exitErr, p.Log())
+	case <-time.After(20 * time.Second):
+		cmd.Process.Kill()
+		t.Fatalf("switchyard did not start in time\n%s", p.Log())
+	}
+	t.Cleanup(p.Stop)
+	return p
+}
+
+// Addr returns the address of the listener called name, or of the only listener when name is "".
+func (p *Proxy) Addr(name string) string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if name == "" && len(p.Listeners) == 1 {
+		for _, a := range p.Listeners {
+			return a
+		}
+	}
+	a, ok := p.Listeners[name]
+	if !ok {
+		p.t.Fatalf("no listener %q in %v", name, p.Listeners)
+	}
+	return a
+}
+
+// Log returns everything the proxy has logged so far.
+func (p *Proxy) Log() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.log.String()
+}
+
+// Stop sends SIGTERM and waits for the process; it fails the test on a race report or a hang.
+func (p *Proxy) Stop() {
+	select {
+	case <-p.exited:
+	default:
+		p.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-p.exited:
+		case <-time.After(15 * time.Second):
+			p.cmd.Process.Kill()
+			<-p.exited
+			p.t.Errorf("switchyard did not exit on SIGTERM\n%s", p.Log())
+		}
+	}
+	if log := p.Log(); strings.Contains(log, "WARNING: DATA RACE") || strings.Contains(log, "panic:") {
+		p.t.Errorf("switchyard reported a race or panic:\n%s", log)
+	}
+}
+
+// Stats returns every stat as name → value from /stats?format=json.
+func (p *Proxy) Stats() map[string]int64 {
+	p.t.Helper()
+	resp, err := http.Get("http://" + p.Admin + "/stats?format=json")
+	if err != nil {
+		p.t.Fatalf("admin /stats: %v", err)
+	}
+	defer resp.Body.Close()
+	var body struct {
+		Stats []struct {
+			Name  string          `json:"name"`
+			Value json.RawMessage `json:"value"`
+		} `json:"stats"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+		p.t.Fatalf("admin /stats json: %v", err)
+	}
+	out := make(map[string]int64, len(body.Stats))
+	for _, s := range body.Stats {
+		var v int64
+		if err := json.Unmarshal(s.Value, &v); err != nil {
+			var str string
+			json.Unmarshal(s.Value, &str)
+			fmt.Sscan(str, &v)
+		}
+		out[s.Name] = v
+	}
+	return out
+}
+
+// Stat returns one stat's value (0 when absent).
+func (p *Proxy) Stat(name string) int64 {
+	p.t.Helper()
+	return p.Stats()[name]
+}
+
+// WaitStat waits until stat equals want, failing the test after timeout.
+func (p *Proxy) WaitStat(name string, want int64, timeout time.Duration) {
+	p.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		got := p.Stat(name)
+		if got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			p.t.Fatalf("stat %s = %d, want %d", name, got, want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
