@@ -17,6 +17,7 @@ import (
 	"net"
 	"net/http"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -127,7 +128,7 @@ type Server struct {
 	quitOnce     sync.Once
 	closeOnce    sync.Once
 
-	live, uptime, stateGauge *stats.Gauge
+	live, uptime, stateGauge, goroutines *stats.Gauge
 }
 
 // Start listens on opts.Address and serves the admin endpoints on a goroutine owned by the
@@ -155,6 +156,7 @@ func Start(opts Options) (*Server, error) {
 	s.live = s.store.Gauge("server.live")
 	s.uptime = s.store.Gauge("server.uptime")
 	s.stateGauge = s.store.Gauge("server.state")
+	s.goroutines = s.store.Gauge("server.goroutines")
 	s.updateStateGauges()
 	s.updateUptime()
 	s.srv = &http.Server{
@@ -233,8 +235,10 @@ func (s *Server) updateStateGauges() {
 	}
 }
 
-// updateUptime sets server.uptime and returns it.
+// updateUptime sets server.uptime, and server.goroutines (not an Envoy stat: it lets tests and
+// operators see that tunnels and streams leave nothing behind), and returns the uptime.
 func (s *Server) updateUptime() int64 {
+	s.goroutines.Set(int64(runtime.NumGoroutine()))
 	up := int64(time.Since(s.started) / time.Second)
 	s.uptime.Set(up)
 	return up

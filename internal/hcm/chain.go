@@ -64,6 +64,9 @@ func (it *iterator) resumeHeaders(from int) bool {
 // pushData runs data through the stages that have seen the headers. Data never passes the stage
 // holding the headers: when that stage continues its data, the headers go on first.
 func (it *iterator) pushData(b *buffer.Buffer, end bool) {
+	if it.aborted() {
+		return
+	}
 	for i := 0; i < len(it.stages) && i < it.seen; i++ {
 		s := it.stages[i]
 		if s.held != nil && s.held.Len() > 0 {

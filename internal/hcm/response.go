@@ -112,6 +112,7 @@ func (w *responseWriter) writeHeaders(h *headers.Map, end bool) {
 		s.upStats.Established.Inc()
 		s.upStats.Active.Inc()
 		w.direct = true
+		c.bw = nil // a tunnel writes straight to the socket: no idle write buffer
 		return
 	}
 	if end || w.mode == bodyNone {

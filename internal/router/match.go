@@ -11,20 +11,14 @@ import (
 )
 
 // SelectVirtualHost finds the virtual host for an authority the way Envoy does: an exact domain,
-// then the longest "*.suffix" wildcard, then the longest "prefix.*" wildcard, then "*". The
-// authority is tried as sent, then without its port, so "example.com" matches "example.com:8080".
+// then the longest "*.suffix" wildcard, then the longest "prefix.*" wildcard, then "*". As in
+// Envoy, the authority is matched as sent: "example.com:8080" matches a domain written with that
+// port, or a wildcard.
 func SelectVirtualHost(t *config.RouteTable, authority string) *config.VirtualHost {
 	if t == nil {
 		return nil
 	}
-	host := strings.ToLower(authority)
-	if vh := selectVirtualHost(t, host); vh != nil {
-		return vh
-	}
-	if h, ok := stripPort(host); ok {
-		return selectVirtualHost(t, h)
-	}
-	return nil
+	return selectVirtualHost(t, strings.ToLower(authority))
 }
 
 func selectVirtualHost(t *config.RouteTable, host string) *config.VirtualHost {
@@ -60,20 +54,6 @@ func selectVirtualHost(t *config.RouteTable, host string) *config.VirtualHost {
 		return prefixVH
 	}
 	return anyVH
-}
-
-// stripPort removes a trailing ":port" (IPv6 literals keep their brackets).
-func stripPort(host string) (string, bool) {
-	i := strings.LastIndexByte(host, ':')
-	if i < 0 || strings.HasSuffix(host[:i], ":") || (strings.HasPrefix(host, "[") && !strings.HasSuffix(host[:i], "]")) {
-		return host, false
-	}
-	for _, c := range host[i+1:] {
-		if c < '0' || c > '9' {
-			return host, false
-		}
-	}
-	return host[:i], true
 }
 
 // Match returns the first route of the virtual host that matches the request, or nil.

@@ -356,6 +356,7 @@ func (r *routerFilter) tunnel(att *attempt, resp *http1.Response) {
 		early = append([]byte(nil), p...)
 	}
 	conn := lease.Hijack()
+	lease.Reader, lease.Writer = nil, nil // an idle tunnel keeps no copy buffers
 	h := resp.Headers
 	r.responseHeaders(h)
 	r.cb.EncodeHeaders(h, false)

@@ -71,7 +71,11 @@ type Proxy struct {
 	log       strings.Builder
 	exited    chan struct{}
 	exitErr   error
+	baseline  int64 // server.goroutines right after start
 }
+
+// statsClient never keeps admin connections open, so they do not count as proxy goroutines.
+var statsClient = &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 10 * time.Second}
 
 var (
 	listenRe = regexp.MustCompile(`msg=listening listener=(\S+) address=(\S+)`)
@@ -134,8 +138,28 @@ func Start(t testing.TB, yaml string, extraArgs ...string) *Proxy {
 		cmd.Process.Kill()
 		t.Fatalf("switchyard did not start in time\n%s", p.Log())
 	}
+	p.baseline = p.Stat("server.goroutines")
 	t.Cleanup(p.Stop)
 	return p
+}
+
+// CheckNoLeaks fails the test unless the proxy's goroutine count returns to what it was right
+// after start within a few seconds: every stream, tunnel and upstream attempt must end with its
+// connections. Stop calls it, so every test that lets its clients and upstreams close gets it.
+func (p *Proxy) CheckNoLeaks() {
+	p.t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		got := p.Stat("server.goroutines")
+		if got <= p.baseline {
+			return
+		}
+		if time.Now().After(deadline) {
+			p.t.Errorf("proxy goroutines: %d, %d at start: something was left running", got, p.baseline)
+			return
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
 }
 
 // Addr returns the address of the listener called name, or of the only listener when name is "".
@@ -166,6 +190,9 @@ func (p *Proxy) Stop() {
 	select {
 	case <-p.exited:
 	default:
+		if !p.t.Failed() {
+			p.CheckNoLeaks()
+		}
 		p.cmd.Process.Signal(syscall.SIGTERM)
 		select {
 		case <-p.exited:
@@ -183,7 +210,7 @@ func (p *Proxy) Stop() {
 // Stats returns every stat as name → value from /stats?format=json.
 func (p *Proxy) Stats() map[string]int64 {
 	p.t.Helper()
-	resp, err := http.Get("http://" + p.Admin + "/stats?format=json")
+	resp, err := statsClient.Get("http://" + p.Admin + "/stats?format=json")
 	if err != nil {
 		p.t.Fatalf("admin /stats: %v", err)
 	}

@@ -1,0 +1,138 @@
+package hcm
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/switchyard-proxy/switchyard/buffer"
+	"github.com/switchyard-proxy/switchyard/filter"
+	"github.com/switchyard-proxy/switchyard/headers"
+)
+
+// scripted is a stage whose answers are fixed and which records what it was given.
+type scripted struct {
+	name    string
+	hStatus filter.Status
+	dStatus func(b *buffer.Buffer, end bool) filter.Status
+	log     *[]string
+}
+
+func (f *scripted) stage() *stage {
+	return &stage{name: f.name,
+		headers: func(_ *headers.Map, end bool) filter.Status {
+			*f.log = append(*f.log, fmt.Sprintf("%s:H(%v)", f.name, end))
+			return f.hStatus
+		},
+		data: func(b *buffer.Buffer, end bool) filter.Status {
+			*f.log = append(*f.log, fmt.Sprintf("%s:D(%s,%v)", f.name, b.Bytes(), end))
+			if f.dStatus == nil {
+				return filter.Continue
+			}
+			return f.dStatus(b, end)
+		}}
+}
+
+func runChain(t *testing.T, fs []*scripted, limit int, steps func(it *iterator)) (log []string, overflowed bool) {
+	t.Helper()
+	var stages []*stage
+	for _, f := range fs {
+		f.log = &log
+		stages = append(stages, f.stage())
+	}
+	it := newIterator(stages)
+	it.limit = func() int { return limit }
+	it.overflow = func() { overflowed = true }
+	it.aborted = func() bool { return overflowed }
+	it.sinkH = func(_ *headers.Map, end bool) { log = append(log, fmt.Sprintf("sink:H(%v)", end)) }
+	it.sinkD = func(b *buffer.Buffer, end bool) { log = append(log, fmt.Sprintf("sink:D(%s,%v)", b.Bytes(), end)) }
+	steps(it)
+	return log, overflowed
+}
+
+func bufferUntilEnd(_ *buffer.Buffer, end bool) filter.Status {
+	if end {
+		return filter.Continue
+	}
+	return filter.StopAndBuffer
+}
+
+func TestIteratorOrderAndHolding(t *testing.T) {
+	tests := []struct {
+		name     string
+		filters  []*scripted
+		limit    int
+		steps    func(it *iterator)
+		want     string
+		overflow bool
+	}{
+		{
+			name:    "all continue",
+			filters: []*scripted{{name: "a"}, {name: "b"}},
+			limit:   100,
+			steps: func(it *iterator) {
+				it.pushHeaders(headers.New(), false)
+				it.pushData(buffer.Wrap([]byte("x")), false)
+				it.pushData(&buffer.Buffer{}, true)
+			},
+			want: "a:H(false) b:H(false) sink:H(false) a:D(x,false) b:D(x,false) sink:D(x,false) a:D(,true) b:D(,true) sink:D(,true)",
+		},
+		{
+			name:    "buffer filter holds headers and data until the end",
+			filters: []*scripted{{name: "buf", hStatus: filter.StopIteration, dStatus: bufferUntilEnd}, {name: "router"}},
+			limit:   100,
+			steps: func(it *iterator) {
+				it.pushHeaders(headers.New(), false)
+				it.pushData(buffer.Wrap([]byte("ab")), false)
+				it.pushData(buffer.Wrap([]byte("cd")), true)
+			},
+			want: "buf:H(false) buf:D(ab,false) buf:D(abcd,true) router:H(false) sink:H(false) router:D(abcd,true) sink:D(abcd,true)",
+		},
+		{
+			name:    "held data over the limit overflows",
+			filters: []*scripted{{name: "buf", hStatus: filter.StopIteration, dStatus: bufferUntilEnd}, {name: "router"}},
+			limit:   3,
+			steps: func(it *iterator) {
+				it.pushHeaders(headers.New(), false)
+				it.pushData(buffer.Wrap([]byte("ab")), false)
+				it.pushData(buffer.Wrap([]byte("cd")), false)
+				it.pushData(buffer.Wrap([]byte("ef")), false)
+			},
+			want:     "buf:H(false) buf:D(ab,false) buf:D(abcd,false)",
+			overflow: true,
+		},
+		{
+			name:    "stop on headers that end the stream is a continue",
+			filters: []*scripted{{name: "a", hStatus: filter.StopIteration}, {name: "b"}},
+			limit:   100,
+			steps:   func(it *iterator) { it.pushHeaders(headers.New(), true) },
+			want:    "a:H(true) b:H(true) sink:H(true)",
+		},
+		{
+			name: "second filter stops headers after the first released them",
+			filters: []*scripted{
+				{name: "a", hStatus: filter.StopIteration},
+				{name: "b", hStatus: filter.StopIteration, dStatus: bufferUntilEnd},
+				{name: "router"},
+			},
+			limit: 100,
+			steps: func(it *iterator) {
+				it.pushHeaders(headers.New(), false)
+				it.pushData(buffer.Wrap([]byte("1")), false)
+				it.pushData(buffer.Wrap([]byte("2")), true)
+			},
+			want: "a:H(false) a:D(1,false) b:H(false) b:D(1,false) a:D(2,true) b:D(12,true) router:H(false) sink:H(false) router:D(12,true) sink:D(12,true)",
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			log, overflowed := runChain(t, tc.filters, tc.limit, tc.steps)
+			if got := strings.Join(log, " "); got != tc.want {
+				t.Errorf("got  %s\nwant %s", got, tc.want)
+			}
+			if overflowed != tc.overflow {
+				t.Errorf("overflow = %v, want %v", overflowed, tc.overflow)
+			}
+		})
+	}
+}
