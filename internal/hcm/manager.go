@@ -98,8 +98,8 @@ type conn struct {
 	bw       *bufio.Writer
 	remote   string
 	requests int
-	closing  bool
-	wmu      sync.Mutex // serialises writes to nc (the encode path and 100-continue)
+	closing  atomic.Bool // set from any goroutine of a stream that ends the connection
+	wmu      sync.Mutex  // serialises writes to nc (the encode path and 100-continue)
 }
 
 // countingConn counts the connection's bytes into the HCM's rx/tx counters.
@@ -148,7 +148,7 @@ func (m *Manager) ServeConn(ctx context.Context, nc net.Conn) {
 	stop := context.AfterFunc(ctx, func() { nc.SetReadDeadline(time.Now()) })
 	defer stop()
 	defer nc.Close()
-	for !c.closing && ctx.Err() == nil {
+	for !c.closing.Load() && ctx.Err() == nil {
 		if !c.serveOne(ctx) {
 			return
 		}

@@ -84,7 +84,7 @@ func (w *responseWriter) writeHeaders(h *headers.Map, end bool) {
 			s.m.stats.RqResponseBeforeComplete.Inc()
 			w.closeAfter = true
 		}
-		if s.c.closing || s.m.draining.Load() || !s.req.KeepAlive || w.mode == bodyClose {
+		if s.c.closing.Load() || s.m.draining.Load() || !s.req.KeepAlive || w.mode == bodyClose {
 			w.closeAfter = true
 		}
 		if max := s.m.cfg.MaxRequestsPerConn; max > 0 && c.requests >= max {

@@ -142,7 +142,7 @@ func (s *stream) run() bool {
 			s.pumpUpgradePayload()
 		} else if isUpgrade {
 			// Not accepted and no route: the bytes after the head are not ours to parse.
-			s.c.closing = true
+			s.c.closing.Store(true)
 		} else {
 			s.readBody()
 		}
@@ -292,7 +292,7 @@ func (s *stream) pumpUpgradePayload() {
 		s.dec.pushData(b, false)
 	}
 	c.br = nil // the connection is a tunnel now: no HTTP parsing, no idle read buffer
-	c.closing = true
+	c.closing.Store(true)
 	for !s.aborted() {
 		slab, n, err := tunnel.ReadSlab(c.nc)
 		if err != nil {
@@ -347,7 +347,7 @@ func (s *stream) markDone() {
 func (s *stream) reset(reason string) {
 	s.resetOnce.Do(func() {
 		s.wasReset.Store(true)
-		s.c.closing = true
+		s.c.closing.Store(true)
 		s.m.log.Debug("stream reset", "reason", reason, "remote", s.c.remote)
 		s.cancel()
 		s.c.nc.Close()
@@ -357,7 +357,7 @@ func (s *stream) reset(reason string) {
 
 // keepAlive decides whether the connection may carry another request.
 func (s *stream) keepAlive() bool {
-	return !s.c.closing && !s.resp.closeAfter && !s.wasReset.Load() && s.decodeDone.Load() && s.req.KeepAlive && s.respFinished()
+	return !s.c.closing.Load() && !s.resp.closeAfter && !s.wasReset.Load() && s.decodeDone.Load() && s.req.KeepAlive && s.respFinished()
 }
 
 // finish stops timers, ends the filters and releases the stream's context.
@@ -378,7 +378,7 @@ func (s *stream) finish() {
 
 // earlyReply answers before any filter exists, and closes the connection.
 func (s *stream) earlyReply(status int, body, details string) {
-	s.c.closing = true
+	s.c.closing.Store(true)
 	s.enc = newIterator(nil)
 	s.enc.aborted = func() bool { return false }
 	s.enc.sinkH = s.resp.writeHeaders
@@ -433,7 +433,7 @@ func (s *stream) timeout(status int, body, details string) {
 		return
 	}
 	s.encMu.Unlock()
-	s.c.closing = true
+	s.c.closing.Store(true)
 	s.SendLocalReply(status, body, details)
 	s.cancel()
 }
