@@ -1,0 +1,104 @@
+package tunnel
+
+import (
+	"errors"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/switchyard-proxy/switchyard/buffer"
+)
+
+func tcpPair(t *testing.T) (client, server net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err = ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close(); server.Close() })
+	return client, server
+}
+
+type wrapped struct{ net.Conn }
+
+func (w wrapped) NetConn() net.Conn { return w.Conn }
+
+func TestWaitReadableBlocksUntilData(t *testing.T) {
+	client, server := tcpPair(t)
+	ready := make(chan error, 1)
+	go func() { ready <- WaitReadable(wrapped{server}) }()
+	select {
+	case err := <-ready:
+		t.Fatalf("WaitReadable returned %v before any byte was sent", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	client.Write([]byte("x"))
+	select {
+	case err := <-ready:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("WaitReadable did not wake on data")
+	}
+	// The byte was only peeked: a read still sees it.
+	slab, n, err := ReadSlab(server)
+	if err != nil || n != 1 || (*slab)[0] != 'x' {
+		t.Fatalf("ReadSlab = %d, %v", n, err)
+	}
+	buffer.PutSlab(slab)
+}
+
+func TestReadSlabEOFAndHalfClose(t *testing.T) {
+	client, server := tcpPair(t)
+	client.Write([]byte("bye"))
+	if !CloseWrite(client) {
+		t.Fatal("CloseWrite failed on TCP")
+	}
+	slab, n, err := ReadSlab(server)
+	if err != nil || string((*slab)[:n]) != "bye" {
+		t.Fatalf("ReadSlab = %q, %v", (*slab)[:n], err)
+	}
+	buffer.PutSlab(slab)
+	if _, _, err := ReadSlab(server); !errors.Is(err, io.EOF) {
+		t.Fatalf("after FIN: %v, want EOF", err)
+	}
+	// The other direction still works after the half-close.
+	if _, err := server.Write([]byte("still here")); err != nil {
+		t.Fatal(err)
+	}
+	p := make([]byte, 32)
+	client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := client.Read(p); err != nil || string(p[:n]) != "still here" {
+		t.Fatalf("client read %q, %v", p[:n], err)
+	}
+}
+
+func TestWaitReadableSeesReset(t *testing.T) {
+	client, server := tcpPair(t)
+	client.(*net.TCPConn).SetLinger(0)
+	client.Close() // RST
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := ReadSlab(server)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !IsReset(err) {
+			t.Fatalf("after RST: %v, want a reset error", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("ReadSlab did not return after a reset")
+	}
+}
