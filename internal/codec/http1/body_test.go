@@ -25,10 +25,10 @@ func TestBodyReader(t *testing.T) {
 		{name: "length", in: "hello", length: 5, want: "hello"},
 		{name: "zero length", in: "", length: 0, want: ""},
 		{name: "chunked", in: "5\r\nhello\r\n7\r\n, world\r\n0\r\n\r\n", chunked: true, want: "hello, world"},
-		{name: "chunked upper-case hex and leading zeros", in: "000A\r\n0123456789\r\n00\r\n\r\n", chunked: true, want: "0123456789"},
+		{name: "chunked upper-case hex and leading zeros", in: "000000000000000A\r\n0123456789\r\n00\r\n\r\n", chunked: true, want: "0123456789"},
 		{
 			name:    "chunk extensions are skipped",
-			in:      "5;name=value\r\nhello\r\n1 ; a=\"q s\";b\r\n!\r\n0;last\r\n\r\n",
+			in:      "5;name=value\r\nhello\r\n1; a=\"q s\";b\r\n!\r\n0;last\r\n\r\n",
 			chunked: true, want: "hello!",
 		},
 		{
@@ -50,7 +50,7 @@ func TestBodyReader(t *testing.T) {
 				if small {
 					r = iotest.OneByteReader(r)
 				}
-				br := bufio.NewReaderSize(r, 16)
+				br := bufio.NewReaderSize(r, 32) // smaller than the trailer section
 				body := NewBodyReader(br, tt.length, tt.chunked, tt.untilClose)
 				got, err := readAllSmall(body, small)
 				if err != nil {
@@ -121,6 +121,8 @@ func TestBodyReaderErrors(t *testing.T) {
 		{name: "trailing whitespace", in: "5 \r\nhello\r\n0\r\n\r\n", chunked: true},
 		{name: "size overflow", in: "8000000000000000\r\n", chunked: true},
 		{name: "size overflow, many digits", in: "fffffffffffffffff\r\n", chunked: true},
+		{name: "17 digits with leading zeros", in: "00000000000000005\r\nhello\r\n0\r\n\r\n", chunked: true},
+		{name: "whitespace before extension", in: "5 ;a\r\nhello\r\n0\r\n\r\n", chunked: true},
 		{name: "bare LF after size", in: "5\nhello\r\n0\r\n\r\n", chunked: true},
 		{name: "control byte in extension", in: "5;a\x01\r\nhello\r\n0\r\n\r\n", chunked: true},
 		{name: "bare CR in extension", in: "5;a\rb\r\nhello\r\n0\r\n\r\n", chunked: true},
