@@ -80,15 +80,30 @@ func TestDemo(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	if err := a.WriteMessage(websocket.TextMessage, []byte("hello from a")); err != nil {
-		t.Fatal(err)
-	}
-	for _, c := range []*websocket.Conn{a, b} {
-		c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		_, m, err := c.ReadMessage()
-		if err != nil || string(m) != "hello from a" {
-			t.Fatalf("chat message: %q, %v", m, err)
+	// The app registers a socket just after its 101, so b may miss a message sent at once: a
+	// keeps saying hello until b hears it, as a person in the chat would.
+	got := make(chan string, 1)
+	go func() {
+		b.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_, m, _ := b.ReadMessage()
+		got <- string(m)
+	}()
+	var heard string
+	for deadline := time.Now().Add(5 * time.Second); heard == "" && time.Now().Before(deadline); {
+		if err := a.WriteMessage(websocket.TextMessage, []byte("hello from a")); err != nil {
+			t.Fatal(err)
 		}
+		select {
+		case heard = <-got:
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	if heard != "hello from a" {
+		t.Fatalf("b heard %q", heard)
+	}
+	a.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, m, err := a.ReadMessage(); err != nil || string(m) != "hello from a" {
+		t.Fatalf("a heard %q, %v", m, err)
 	}
 	resp, err = http.Get("http://" + admin + "/stats?filter=upgrades")
 	if err != nil {

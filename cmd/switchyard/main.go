@@ -122,6 +122,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 // serve runs the proxy until a signal or /quitquitquit.
 func serve(snap *config.Snapshot, log *slog.Logger, stdout io.Writer) int {
+	// Subscribe before starting: signal.Notify starts a goroutine, and it must exist before the
+	// "listening" lines announce a steady state (tests compare goroutine counts against it), and a
+	// SIGTERM sent right after them must not kill the process without a clean shutdown.
+	sig := make(chan os.Signal, 2)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sig)
 	srv := server.New(snap, log)
 	if err := srv.Start(); err != nil {
 		log.Error("cannot start", "err", err)
@@ -133,9 +139,6 @@ func serve(snap *config.Snapshot, log *slog.Logger, stdout io.Writer) int {
 	if a := srv.AdminAddr(); a != nil {
 		log.Info("admin listening", "address", a.String())
 	}
-	sig := make(chan os.Signal, 2)
-	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
-	defer signal.Stop(sig)
 	select {
 	case s := <-sig:
 		log.Info("shutting down", "signal", s.String())

@@ -210,6 +210,9 @@ func (r *routerFilter) DecodeData(b *buffer.Buffer, end bool) filter.Status {
 		att.wmu.Unlock()
 		if err != nil {
 			att.abort("upstream_write_failed")
+			// The upstream is gone: end the tunnel (the response has started, so this resets the
+			// stream) instead of reading client bytes that can go nowhere.
+			r.cb.SendLocalReply(502, "", "upstream_write_failed")
 		}
 		return filter.StopIteration
 	}

@@ -298,39 +298,48 @@ func (r *routerFilter) relay(att *attempt, resp *http1.Response, reusable bool) 
 		headers.StripUpgrade(h)
 	}
 	r.responseHeaders(h)
-	r.cb.EncodeHeaders(h, end)
-	clean := true
-	if !end {
-		body := http1.NewBodyReader(lease.Reader, length, chunked, untilClose)
-		for {
-			slab := buffer.GetSlab()
-			n, err := body.Read(*slab)
-			if n > 0 {
-				r.cb.EncodeData(buffer.Wrap((*slab)[:n]), false)
-			}
-			buffer.PutSlab(slab)
-			if err == io.EOF {
-				r.cb.EncodeData(&buffer.Buffer{}, true)
-				break
-			}
-			if err != nil {
-				clean = false
-				r.cb.SendLocalReply(502, bodyReset, "upstream_reset_after_response_started")
-				break
-			}
+	// finish ends the exchange with the upstream before the last byte goes downstream: once the
+	// client has the whole response the stream ends and tears down whatever attempt it still
+	// sees, so a clean connection must be back in the pool by then.
+	finish := func(clean bool) {
+		r.mu.Lock()
+		r.finished = true
+		r.att = nil
+		if r.timer != nil {
+			r.timer.Stop()
+		}
+		r.cond.Broadcast()
+		r.mu.Unlock()
+		att.mu.Lock()
+		sent := att.bodySent || !r.hasBody
+		att.mu.Unlock()
+		lease.Release(reusable && clean && resp.KeepAlive && sent && !untilClose && att.abortReason() == "")
+	}
+	if end {
+		finish(true)
+		r.cb.EncodeHeaders(h, true)
+		return
+	}
+	r.cb.EncodeHeaders(h, false)
+	body := http1.NewBodyReader(lease.Reader, length, chunked, untilClose)
+	for {
+		slab := buffer.GetSlab()
+		n, err := body.Read(*slab)
+		if n > 0 {
+			r.cb.EncodeData(buffer.Wrap((*slab)[:n]), false)
+		}
+		buffer.PutSlab(slab)
+		if err == io.EOF {
+			finish(true)
+			r.cb.EncodeData(&buffer.Buffer{}, true)
+			return
+		}
+		if err != nil {
+			finish(false)
+			r.cb.SendLocalReply(502, bodyReset, "upstream_reset_after_response_started")
+			return
 		}
 	}
-	r.mu.Lock()
-	r.finished = true
-	if r.timer != nil {
-		r.timer.Stop()
-	}
-	r.cond.Broadcast()
-	r.mu.Unlock()
-	att.mu.Lock()
-	sent := att.bodySent || !r.hasBody
-	att.mu.Unlock()
-	lease.Release(reusable && clean && resp.KeepAlive && sent && !untilClose && att.abortReason() == "")
 }
 
 // tunnel carries an established upgrade: it sends the 101 downstream, flushes the client bytes
