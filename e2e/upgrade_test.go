@@ -196,96 +196,118 @@ func TestUpgradeH2CStripped(t *testing.T) {
 }
 
 // TestUpgradeTruthTable runs the seed's table (HCM entry × route entry) plus the rows for types
-// the HCM does not list, through the built proxy. A rejection is a bare 403 that closes the
-// connection, so pipelined bytes are never parsed, and the upstream is never contacted.
+// the HCM does not list, through the built proxy: one proxy per HCM setting, one route per route
+// setting. A rejection is a bare 403 that closes the connection, so pipelined bytes are never
+// parsed, and the upstream is never contacted.
 func TestUpgradeTruthTable(t *testing.T) {
 	t.Parallel()
-	const (
-		hcmOn    = "upgrade_configs:\n- upgrade_type: websocket"
-		hcmOff   = "upgrade_configs:\n- upgrade_type: websocket\n  enabled: false"
-		routeOn  = "upgrade_configs:\n- upgrade_type: websocket"
-		routeOff = "upgrade_configs:\n- upgrade_type: websocket\n  enabled: false"
-	)
-	tests := []struct {
-		name, hcm, route, token string
-		accept                  bool
-	}{
-		{"hcm on, route absent", hcmOn, "", "websocket", true},
-		{"hcm on, route off", hcmOn, routeOff, "websocket", false},
-		{"hcm off, route on", hcmOff, routeOn, "websocket", true},
-		{"hcm off, route off", hcmOff, routeOff, "websocket", false},
-		{"hcm off, route absent", hcmOff, "", "websocket", false},
-		{"hcm absent, route on", "", routeOn, "websocket", true},
-		{"hcm absent, route absent", "", "", "websocket", false},
-		{"type in neither", hcmOn, "", "foo", false},
-		{"case-insensitive match", "upgrade_configs:\n- upgrade_type: WebSocket", "", "WEBSOCKET", true},
-		{"case-insensitive route", hcmOff, "upgrade_configs:\n- upgrade_type: WEBSOCKET", "websocket", true},
+	routes := `- match: {prefix: "/on"}
+  route: {cluster: app, upgrade_configs: [{upgrade_type: websocket}]}
+- match: {prefix: "/off"}
+  route: {cluster: app, upgrade_configs: [{upgrade_type: websocket, enabled: false}]}
+- match: {prefix: "/upper"}
+  route: {cluster: app, upgrade_configs: [{upgrade_type: WEBSOCKET}]}
+- match: {prefix: "/"}
+  route: {cluster: app}`
+	type row struct {
+		name, path, token string
+		accept            bool
 	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
+	groups := []struct {
+		name, hcm string
+		rows      []row
+	}{
+		{"hcm on", "upgrade_configs:\n- upgrade_type: websocket", []row{
+			{"route absent", "/", "websocket", true},
+			{"route off", "/off", "websocket", false},
+			{"type in neither", "/", "foo", false},
+			{"token case", "/", "WebSocket", true},
+		}},
+		{"hcm off", "upgrade_configs:\n- upgrade_type: websocket\n  enabled: false", []row{
+			{"route on", "/on", "websocket", true},
+			{"route off", "/off", "websocket", false},
+			{"route absent", "/", "websocket", false},
+			{"route type in upper case", "/upper", "websocket", true},
+		}},
+		{"hcm absent", "", []row{
+			{"route on", "/on", "websocket", true},
+			{"route absent", "/", "websocket", false},
+		}},
+		{"hcm type in mixed case", "upgrade_configs:\n- upgrade_type: WebSocket", []row{
+			{"route absent", "/", "WEBSOCKET", true},
+		}},
+	}
+	for _, g := range groups {
+		t.Run(g.name, func(t *testing.T) {
 			t.Parallel()
-			p, up := upgStart(t, harness.Config{HCM: tc.hcm, RouteExtra: tc.route})
-			c := harness.Dial(t, p.Addr(""))
-			smuggled := "GET /smuggled HTTP/1.1\r\nHost: t\r\n\r\n"
-			if tc.accept {
-				c.Write(upgReq("/", "Upgrade", tc.token))
-				u := up.Accept(upgWait)
-				if h := u.WaitForHead(upgWait); !strings.Contains(h, "Upgrade: "+tc.token) && !strings.Contains(h, "upgrade: "+tc.token) {
-					t.Fatalf("upstream head lacks the client's Upgrade value:\n%s", h)
-				}
-				u.Write(upgSwitching(tc.token))
-				if h := c.WaitForHead(upgWait); upgStatus(t, h) != 101 {
-					t.Fatalf("client got %q, want 101", h)
-				}
-				c.Write(smuggled) // tunnel payload now: forwarded verbatim
-				u.WaitForData(smuggled, upgWait)
-				c.Close()
-				u.WaitForEOF(upgWait)
-				u.Close()
-				upgEnd(t, p)
-				for stat, want := range map[string]int64{
-					"http.ingress.upgrades.websocket.accepted":      1,
-					"http.ingress.upgrades.websocket.established":   1,
-					"http.ingress.downstream_cx_upgrades_total":     1,
-					"http.ingress.downstream_rq_ws_on_non_ws_route": 0,
-				} {
-					if got := p.Stat(stat); got != want {
-						t.Errorf("%s = %d, want %d", stat, got, want)
+			p, up := upgStart(t, harness.Config{HCM: g.hcm, Routes: routes})
+			for _, tc := range g.rows {
+				t.Run(tc.name, func(t *testing.T) {
+					before := p.Stats()
+					delta := func(stat string) int64 { return p.Stat(stat) - before[stat] }
+					c := harness.Dial(t, p.Addr(""))
+					smuggled := "GET /smuggled HTTP/1.1\r\nHost: t\r\n\r\n"
+					if tc.accept {
+						c.Write(upgReq(tc.path, "Upgrade", tc.token))
+						u := up.Accept(upgWait)
+						if v, _ := upgHeader(u.WaitForHead(upgWait), "upgrade"); v != tc.token {
+							t.Fatalf("upstream Upgrade = %q, want the client's %q", v, tc.token)
+						}
+						u.Write(upgSwitching(tc.token))
+						if h := c.WaitForHead(upgWait); upgStatus(t, h) != 101 {
+							t.Fatalf("client got %q, want 101", h)
+						}
+						c.Write(smuggled) // tunnel payload now: forwarded verbatim
+						u.WaitForData(smuggled, upgWait)
+						c.Close()
+						u.WaitForEOF(upgWait)
+						u.Close()
+						upgEnd(t, p)
+						for stat, want := range map[string]int64{
+							"http.ingress.upgrades.websocket.accepted":      1,
+							"http.ingress.upgrades.websocket.established":   1,
+							"http.ingress.downstream_cx_upgrades_total":     1,
+							"http.ingress.downstream_rq_ws_on_non_ws_route": 0,
+						} {
+							if got := delta(stat); got != want {
+								t.Errorf("%s went up by %d, want %d", stat, got, want)
+							}
+						}
+						return
 					}
-				}
-				return
+					c.Write(upgReq(tc.path, "Upgrade", tc.token) + smuggled)
+					got := c.WaitForEOF(upgWait)
+					head, body, _ := strings.Cut(got, "\r\n\r\n")
+					if upgStatus(t, head) != 403 || body != "" {
+						t.Fatalf("client got %q, want exactly one empty 403 then close", got)
+					}
+					if cl, _ := upgHeader(head, "content-length"); cl != "0" {
+						t.Errorf("403 content-length = %q, want 0", cl)
+					}
+					if strings.Count(got, "HTTP/1.1") != 1 {
+						t.Errorf("pipelined request was answered: %q", got)
+					}
+					up.NoConnection(200 * time.Millisecond)
+					// Types no config names share one stats bucket, so clients cannot mint stat names.
+					bucket := "websocket"
+					if tc.token == "foo" {
+						bucket = "unconfigured"
+					}
+					for stat, want := range map[string]int64{
+						"http.ingress.upgrades." + bucket + ".rejected": 1,
+						"http.ingress.downstream_rq_ws_on_non_ws_route": 1,
+						"http.ingress.downstream_rq_4xx":                1,
+						"http.ingress.downstream_rq_total":              1,
+						"http.ingress.downstream_cx_upgrades_total":     0,
+						"cluster.app.upstream_cx_total":                 0,
+					} {
+						if got := delta(stat); got != want {
+							t.Errorf("%s went up by %d, want %d", stat, got, want)
+						}
+					}
+					upgEnd(t, p)
+				})
 			}
-			c.Write(upgReq("/", "Upgrade", tc.token) + smuggled)
-			got := c.WaitForEOF(upgWait)
-			head, body, _ := strings.Cut(got, "\r\n\r\n")
-			if upgStatus(t, head) != 403 || body != "" {
-				t.Fatalf("client got %q, want exactly one empty 403 then close", got)
-			}
-			if cl, _ := upgHeader(head, "content-length"); cl != "0" {
-				t.Errorf("403 content-length = %q, want 0", cl)
-			}
-			if strings.Count(got, "HTTP/1.1") != 1 {
-				t.Errorf("pipelined request was answered: %q", got)
-			}
-			up.NoConnection(200 * time.Millisecond)
-			// Types no config names share one stats bucket, so clients cannot mint stat names.
-			bucket := "websocket"
-			if tc.token != "websocket" || (tc.hcm == "" && tc.route == "") {
-				bucket = "unconfigured"
-			}
-			for stat, want := range map[string]int64{
-				"http.ingress.upgrades." + bucket + ".rejected": 1,
-				"http.ingress.downstream_rq_ws_on_non_ws_route": 1,
-				"http.ingress.downstream_rq_4xx":                1,
-				"http.ingress.downstream_rq_total":              1,
-				"http.ingress.downstream_cx_upgrades_total":     0,
-				"cluster.app.upstream_cx_total":                 0,
-			} {
-				if got := p.Stat(stat); got != want {
-					t.Errorf("%s = %d, want %d", stat, got, want)
-				}
-			}
-			upgEnd(t, p)
 		})
 	}
 }

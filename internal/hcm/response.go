@@ -68,7 +68,14 @@ func (w *responseWriter) writeHeaders(h *headers.Map, end bool) {
 		h.Del("content-length")
 		w.mode = bodyRaw
 	} else {
+		offered := h.Values("upgrade")
 		headers.RemoveHopByHop(h, false)
+		if status == 426 {
+			// RFC 9110 §15.5.22: a 426 must say which protocols the client could upgrade to.
+			for _, u := range offered {
+				h.Add("upgrade", u)
+			}
+		}
 		w.decideFraming(h, status, end)
 	}
 	if name := s.m.cfg.ServerName; name != "" {

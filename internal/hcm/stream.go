@@ -461,6 +461,12 @@ func (s *stream) DownstreamRemoteAddress() string  { return s.c.remote }
 // started it resets the stream instead.
 func (s *stream) SendLocalReply(status int, body, details string) {
 	s.localReply.Store(true)
+	if s.respStarted.Load() {
+		// Never wait for the encode lock here: its holder may be blocked writing to a client
+		// that does not read, and the reset is what unblocks it.
+		s.reset(details)
+		return
+	}
 	s.encMu.Lock()
 	defer s.encMu.Unlock()
 	if s.respStarted.Load() {

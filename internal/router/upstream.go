@@ -294,7 +294,9 @@ func (r *routerFilter) relay(att *attempt, resp *http1.Response, reusable bool) 
 	length, chunked, untilClose := http1.ResponseBodyLength(resp, r.method)
 	end := length == 0 && !chunked && !untilClose
 	h := resp.Headers
-	if r.upgrade != "" {
+	if r.upgrade != "" && resp.Status != 426 {
+		// A failed handshake must not look like a switch (Envoy PR #45670); a 426 keeps its
+		// Upgrade list, which RFC 9110 requires, and the connection manager drops Connection.
 		headers.StripUpgrade(h)
 	}
 	r.responseHeaders(h)

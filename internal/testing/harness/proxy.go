@@ -94,6 +94,8 @@ func Start(t testing.TB, yaml string, extraArgs ...string) *Proxy {
 	}
 	args := append([]string{"-c", cfg, "-l", "debug"}, extraArgs...)
 	cmd := exec.Command(bin, args...)
+	// A -race binary sleeps a second at exit by default; the tests stop many proxies.
+	cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0 halt_on_error=0")
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -1,0 +1,350 @@
+package client
+
+import (
+	"context"
+	"io"
+
+	h2 "golang.org/x/net/http2"
+
+	"github.com/switchyard-proxy/switchyard/headers"
+)
+
+// ClientStream is one request/response exchange (or one tunnel) on a ClientConn. Write is for
+// one goroutine and Read for one goroutine (they may be different); Response, Reset and the
+// accessors are safe from any goroutine.
+type ClientStream struct {
+	c       *ClientConn
+	ctx     context.Context
+	cancel  context.CancelCauseFunc
+	stopCtx func() bool // stops the AfterFunc that resets the stream when ctx ends early
+	method  string
+	upgrade string // the Upgrade token when this is an extended CONNECT, else ""
+
+	hdrReady   chan struct{} // closed when the final response headers or an error arrived
+	readNotify chan struct{} // cap 1: read-side state changed (data, end, error)
+	sendNotify chan struct{} // cap 1: send window grew or the stream ended
+	wdone      chan error    // cap 1: the writer's answer to NewStream's HEADERS and Write's last DATA
+
+	// owned by the writer goroutine
+	rstSent bool
+
+	// guarded by c.mu
+	id         uint32
+	reserved   bool // counts in c.active
+	registered bool // HEADERS written; in c.streams
+	sentEnd    bool // END_STREAM queued
+	recvEnd    bool // END_STREAM received
+	closed     bool
+	hdrClosed  bool
+	resp       *headers.Map
+	respEnd    bool
+	trailers   *headers.Map
+	rerr       error // read side: why Read/Response fail
+	werr       error // write side: why Write fails
+	rbuf       []byte
+	roff       int
+	recvWindow int64 // what the peer may still send on this stream
+	recvUnack  int64 // consumed, not yet returned with WINDOW_UPDATE
+	sendWindow int64
+	contentLen int64 // declared response content-length, -1 if none or not checked
+	recvBytes  int64
+}
+
+func newStream(c *ClientConn, ctx context.Context, method, upgrade string) *ClientStream {
+	s := &ClientStream{
+		c:          c,
+		method:     method,
+		upgrade:    upgrade,
+		hdrReady:   make(chan struct{}),
+		readNotify: make(chan struct{}, 1),
+		sendNotify: make(chan struct{}, 1),
+		wdone:      make(chan error, 1),
+		contentLen: -1,
+	}
+	s.ctx, s.cancel = context.WithCancelCause(ctx)
+	return s
+}
+
+// Context is done when the stream has ended: both directions closed, reset, or the connection
+// lost. It derives from NewStream's ctx.
+func (s *ClientStream) Context() context.Context { return s.ctx }
+
+// ID is the HTTP/2 stream identifier, for logs.
+func (s *ClientStream) ID() uint32 {
+	s.c.mu.Lock()
+	defer s.c.mu.Unlock()
+	return s.id
+}
+
+// Response waits for the final response headers: interim 1xx are skipped; the block is checked
+// (RFC 9113 §8.2, a missing or 101 :status is malformed and resets the stream) and translated to
+// the internal shape: for an upgrade, 200 becomes 101 + upgrade + connection: upgrade, other
+// statuses pass unchanged. The map belongs to the caller.
+func (s *ClientStream) Response(ctx context.Context) (*headers.Map, error) {
+	select {
+	case <-s.hdrReady:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	s.c.mu.Lock()
+	defer s.c.mu.Unlock()
+	if s.resp == nil {
+		return nil, s.rerr
+	}
+	return s.resp, nil
+}
+
+// EndStreamOnHeaders reports whether the final response headers carried END_STREAM: there is
+// no body (and, for an upgrade, the upstream already half-closed).
+func (s *ClientStream) EndStreamOnHeaders() bool {
+	s.c.mu.Lock()
+	defer s.c.mu.Unlock()
+	return s.respEnd
+}
+
+// Trailers returns the response trailers, or nil; they are complete once Read returned io.EOF.
+func (s *ClientStream) Trailers() *headers.Map {
+	s.c.mu.Lock()
+	defer s.c.mu.Unlock()
+	return s.trailers
+}
+
+// Read reads response DATA; io.EOF once END_STREAM arrived and everything was read. Windows
+// are returned to the peer only as data is read here, in batches of a quarter window.
+func (s *ClientStream) Read(p []byte) (int, error) {
+	c := s.c
+	for {
+		c.mu.Lock()
+		if s.rerr != nil {
+			err := s.rerr
+			c.mu.Unlock()
+			return 0, err
+		}
+		if s.roff < len(s.rbuf) {
+			if len(p) == 0 {
+				c.mu.Unlock()
+				return 0, nil
+			}
+			n := copy(p, s.rbuf[s.roff:])
+			s.roff += n
+			if s.roff == len(s.rbuf) {
+				s.rbuf, s.roff = s.rbuf[:0], 0
+			}
+			cr := c.creditLocked(s, int64(n))
+			c.mu.Unlock()
+			c.sendCredit(cr)
+			return n, nil
+		}
+		if s.recvEnd {
+			c.mu.Unlock()
+			return 0, io.EOF
+		}
+		c.mu.Unlock()
+		select {
+		case <-s.readNotify:
+		case <-s.ctx.Done():
+			s.onCtxDone()
+		}
+	}
+}
+
+// Write sends request DATA: split into frames no larger than the peer's MAX_FRAME_SIZE and
+// blocked by the peer's stream and connection windows. end sets END_STREAM on the last frame,
+// half-closing the request side; Write(nil, true) sends an empty DATA frame with END_STREAM.
+// p is not retained after Write returns.
+func (s *ClientStream) Write(p []byte, end bool) error {
+	c := s.c
+	for {
+		c.mu.Lock()
+		if s.werr != nil {
+			err := s.werr
+			c.mu.Unlock()
+			return err
+		}
+		if s.sentEnd {
+			c.mu.Unlock()
+			return ErrStreamClosed
+		}
+		if len(p) == 0 && !end {
+			c.mu.Unlock()
+			return nil
+		}
+		n := int64(len(p))
+		if n > 0 {
+			win := min(s.sendWindow, c.sendWindow)
+			if win <= 0 {
+				c.mu.Unlock()
+				select {
+				case <-s.sendNotify:
+				case <-s.ctx.Done():
+					s.onCtxDone()
+				}
+				continue
+			}
+			n = min(n, win, int64(c.peerMaxFrame))
+			s.sendWindow -= n
+			c.sendWindow -= n
+		}
+		last := n == int64(len(p))
+		req := writeReq{kind: wData, s: s, data: p[:n], end: last && end}
+		if last {
+			req.done = s.wdone
+			if end {
+				s.sentEnd = true
+				s.maybeFinishLocked()
+			}
+		}
+		c.mu.Unlock()
+		if err := c.enqueue(req); err != nil {
+			return err
+		}
+		if last {
+			return c.waitDone(s.wdone)
+		}
+		p = p[n:]
+	}
+}
+
+// Reset abandons the stream with RST_STREAM(code) (counted in tx_reset). Read, Write and a
+// pending Response fail afterwards. It does nothing once the stream has ended.
+func (s *ClientStream) Reset(code ErrCode) {
+	s.reset(code, nil)
+}
+
+func (s *ClientStream) reset(code ErrCode, cause error) {
+	c := s.c
+	c.mu.Lock()
+	send, cr := s.resetLocked(code, cause)
+	c.mu.Unlock()
+	c.sendCredit(cr)
+	if send {
+		c.enqueue(writeReq{kind: wRST, s: s, code: code})
+	}
+}
+
+// onCtxDone resets a stream whose context ended before the stream did.
+func (s *ClientStream) onCtxDone() {
+	s.reset(h2.ErrCodeCancel, context.Cause(s.ctx))
+}
+
+// resetLocked ends the stream from this side. It reports whether an RST_STREAM must be sent
+// (the stream's HEADERS went out) and the window credit freed by discarded data.
+func (s *ClientStream) resetLocked(code ErrCode, cause error) (send bool, cr credit) {
+	if s.closed {
+		return false, credit{}
+	}
+	s.c.stats.TxReset.Inc()
+	n := s.failLocked(&StreamError{Code: code, Cause: cause}, true)
+	return s.registered, s.c.creditLocked(nil, n)
+}
+
+// failLocked ends the stream with err. A response already complete (END_STREAM received)
+// stays readable unless discard; otherwise unread data is dropped and its byte count returned
+// so the caller can return it to the connection window.
+func (s *ClientStream) failLocked(err error, discard bool) (dropped int64) {
+	if s.closed {
+		return 0
+	}
+	if s.werr == nil {
+		s.werr = err
+	}
+	if !s.recvEnd || discard {
+		if s.rerr == nil {
+			s.rerr = err
+		}
+		dropped = int64(len(s.rbuf) - s.roff)
+		s.rbuf, s.roff = nil, 0
+	}
+	s.closeLocked()
+	return dropped
+}
+
+// maybeFinishLocked closes a stream whose two directions have both ended.
+func (s *ClientStream) maybeFinishLocked() {
+	if s.sentEnd && s.recvEnd && !s.closed {
+		if s.werr == nil {
+			s.werr = ErrStreamClosed
+		}
+		s.closeLocked()
+	}
+}
+
+// closeLocked moves the stream to closed (RFC 9113 §5.1): it leaves the connection's table,
+// frees its concurrency slot, wakes every waiter and ends its context.
+func (s *ClientStream) closeLocked() {
+	c := s.c
+	s.closed = true
+	if !s.hdrClosed {
+		s.hdrClosed = true
+		close(s.hdrReady)
+	}
+	if s.registered {
+		delete(c.streams, s.id)
+		c.stats.StreamsActive.Dec()
+	}
+	s.notifyRead()
+	s.notifySend()
+	if s.stopCtx != nil {
+		s.stopCtx()
+	}
+	s.cancel(nil)
+	if s.reserved {
+		s.reserved = false
+		c.releaseLocked()
+	}
+}
+
+func (s *ClientStream) notifyRead() {
+	select {
+	case s.readNotify <- struct{}{}:
+	default:
+	}
+}
+
+func (s *ClientStream) notifySend() {
+	select {
+	case s.sendNotify <- struct{}{}:
+	default:
+	}
+}
+
+// credit is window to return to the peer: conn on the connection, stream on stream id.
+type credit struct {
+	conn, stream uint32
+	id           uint32
+}
+
+// creditLocked records n bytes consumed (read, dropped or padding) and returns the
+// WINDOW_UPDATEs due: each window is replenished once a quarter of it has been consumed, so the
+// peer never sees more room than the proxy has freed. s may be nil (connection only).
+func (c *ClientConn) creditLocked(s *ClientStream, n int64) credit {
+	var cr credit
+	if n <= 0 {
+		return cr
+	}
+	c.recvUnacked += n
+	if c.recvUnacked >= int64(c.cfg.InitialConnectionWindowSize)/4 {
+		cr.conn = uint32(c.recvUnacked)
+		c.recvWindow += c.recvUnacked
+		c.recvUnacked = 0
+	}
+	if s != nil && !s.recvEnd && !s.closed {
+		s.recvUnack += n
+		if s.recvUnack >= int64(c.cfg.InitialStreamWindowSize)/4 {
+			cr.stream, cr.id = uint32(s.recvUnack), s.id
+			s.recvWindow += s.recvUnack
+			s.recvUnack = 0
+		}
+	}
+	return cr
+}
+
+// sendCredit queues the WINDOW_UPDATEs of cr.
+func (c *ClientConn) sendCredit(cr credit) {
+	if cr.conn > 0 {
+		c.enqueue(writeReq{kind: wWindow, n: cr.conn})
+	}
+	if cr.stream > 0 {
+		c.enqueue(writeReq{kind: wWindow, id: cr.id, n: cr.stream})
+	}
+}
