@@ -195,9 +195,16 @@ func (c *conn) serveOne(ctx context.Context) bool {
 		return false
 	}
 	c.requests++
-	st := newStream(ctx, c, req)
+	m.stats.RqHTTP1Total.Inc()
+	d := newH1Stream(c, req)
+	st := newStream(ctx, m, d, req.Headers)
+	d.s = st
 	return st.run()
 }
+
+// wakeReader makes a blocked read on the connection return, so the decode goroutine sees that its
+// stream is over.
+func (c *conn) wakeReader() { c.nc.SetReadDeadline(time.Now()) }
 
 // writeEarlyError answers a request that never became a stream (bad bytes, header timeout) and
 // makes the connection close: after a framing error the next request cannot be found safely.

@@ -3,9 +3,11 @@ package hcm
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"strconv"
 	"strings"
 	"sync"
@@ -15,10 +17,8 @@ import (
 	"github.com/switchyard-proxy/switchyard/buffer"
 	"github.com/switchyard-proxy/switchyard/filter"
 	"github.com/switchyard-proxy/switchyard/headers"
-	"github.com/switchyard-proxy/switchyard/internal/codec/http1"
 	"github.com/switchyard-proxy/switchyard/internal/config"
 	"github.com/switchyard-proxy/switchyard/internal/router"
-	"github.com/switchyard-proxy/switchyard/internal/tunnel"
 )
 
 // stream is one request/response exchange, or one upgrade and its tunnel.
@@ -28,10 +28,10 @@ import (
 // router's upstream goroutine, or the decode goroutine for a local reply. Timers only ever reset.
 type stream struct {
 	m      *Manager
-	c      *conn
+	down   downstream // the codec side: HTTP/1.1 connection or HTTP/2 stream
+	ri     *requestInfo
 	ctx    context.Context
 	cancel context.CancelFunc
-	req    *http1.Request
 	h      *headers.Map
 	method string
 
@@ -46,11 +46,12 @@ type stream struct {
 	decodeDone   atomic.Bool // end of stream has entered the decode chain
 	expect100    bool
 
-	encMu       sync.Mutex // guards enc and the response writer state below
+	encMu       sync.Mutex // guards enc and respEnded
 	enc         *iterator
-	resp        responseWriter
+	respEnded   bool // the response's end has been written (or the stream reset)
 	respStarted atomic.Bool
 	localReply  atomic.Bool
+	connClose   atomic.Bool // the connection must not carry another request after this one
 
 	tunnelOpen atomic.Bool // a 101 went downstream
 	upEnded    atomic.Bool // the client's half of the tunnel ended
@@ -65,11 +66,10 @@ type stream struct {
 	timers   []*time.Timer
 }
 
-func newStream(ctx context.Context, c *conn, req *http1.Request) *stream {
-	s := &stream{m: c.m, c: c, req: req, h: req.Headers, method: req.Headers.Get(headers.Method), done: make(chan struct{})}
+func newStream(ctx context.Context, m *Manager, down downstream, h *headers.Map) *stream {
+	s := &stream{m: m, down: down, ri: down.info(), h: h, method: h.Get(headers.Method), done: make(chan struct{})}
 	s.ctx, s.cancel = context.WithCancel(ctx)
-	s.decoderLimit.Store(int64(c.m.bufferLimit))
-	s.resp.s = s
+	s.decoderLimit.Store(int64(m.bufferLimit))
 	s.touch()
 	return s
 }
@@ -79,13 +79,12 @@ func (s *stream) run() bool {
 	ms := s.m.stats
 	cfg := s.m.cfg
 	ms.RqTotal.Inc()
-	ms.RqHTTP1Total.Inc()
 	ms.RqActive.Inc()
 	defer ms.RqActive.Dec()
 	defer s.finish()
 
 	h := s.h
-	if s.req.Minor == 0 {
+	if s.ri.http10 {
 		if !cfg.AcceptHTTP10 {
 			s.earlyReply(426, "", "http1.0_not_allowed")
 			return false
@@ -126,25 +125,23 @@ func (s *stream) run() bool {
 			// Envoy: with no route the upgrade is neither accepted nor refused; the router's 404
 			// answers it, and the connection closes because the payload cannot be framed.
 			headers.StripUpgrade(h)
-			s.req.KeepAlive = false
+			s.connClose.Store(true)
 		}
 	}
 	s.buildChain(chain)
 	s.startTimers()
 
-	end := s.upgrade == "" && !isUpgrade && s.req.ContentLength <= 0 && !s.req.Chunked
+	end := s.upgrade == "" && !isUpgrade && s.ri.bodyless
 	if end {
 		s.decodeDone.Store(true)
 	}
 	s.dec.pushHeaders(h, end)
 	if !end && !s.aborted() {
-		if s.upgrade != "" {
-			s.pumpUpgradePayload()
-		} else if isUpgrade {
+		if isUpgrade && s.upgrade == "" {
 			// Not accepted and no route: the bytes after the head are not ours to parse.
-			s.c.closing.Store(true)
+			s.connClose.Store(true)
 		} else {
-			s.readBody()
+			s.pumpRequest()
 		}
 	}
 	select {
@@ -180,30 +177,30 @@ func (s *stream) prepareRequestHeaders() bool {
 		}
 	}
 	// RFC 9110 §7.8: a server must ignore Upgrade in an HTTP/1.0 request.
-	isUpgrade := s.req.Minor == 1 && headers.IsUpgrade(h)
+	isUpgrade := !s.ri.http10 && headers.IsUpgrade(h)
 	if strings.EqualFold(h.Get("expect"), "100-continue") {
 		// Like Envoy without proxy_100_continue: we answer 100 ourselves when we start reading the body.
 		h.Del("expect")
-		s.expect100 = s.req.Minor == 1 && (s.req.ContentLength > 0 || s.req.Chunked)
+		s.expect100 = s.ri.canExpect && !s.ri.bodyless
 	}
 	headers.RemoveHopByHop(h, isUpgrade)
 
 	// Forwarding headers, as Envoy sets them for every request.
-	remoteIP, _, _ := net.SplitHostPort(s.c.remote)
+	remoteIP, _, _ := net.SplitHostPort(s.ri.remote)
 	if cfg.UseRemoteAddress {
 		if xff := h.Get("x-forwarded-for"); xff != "" {
 			h.Set("x-forwarded-for", xff+", "+remoteIP)
 		} else {
 			h.Set("x-forwarded-for", remoteIP)
 		}
-		h.Set("x-forwarded-proto", "http")
+		h.Set("x-forwarded-proto", s.ri.scheme)
 	} else if !h.Has("x-forwarded-proto") {
-		h.Set("x-forwarded-proto", "http")
+		h.Set("x-forwarded-proto", s.ri.scheme)
 	}
 	if cfg.GenerateRequestID && !h.Has("x-request-id") {
 		h.Set("x-request-id", newRequestID())
 	}
-	h.Set(headers.Scheme, "http")
+	h.Set(headers.Scheme, s.ri.scheme)
 	return isUpgrade
 }
 
@@ -240,76 +237,47 @@ func (s *stream) buildChain(chain []*config.HTTPFilter) {
 		s.reset("response_payload_too_large")
 	}
 	s.enc.aborted = func() bool { return s.wasReset.Load() }
-	s.enc.sinkH = s.resp.writeHeaders
-	s.enc.sinkD = s.resp.writeData
+	s.enc.sinkH = s.writeHeaders
+	s.enc.sinkD = s.writeData
 }
 
 func (s *stream) aborted() bool { return s.localReply.Load() || s.wasReset.Load() }
 
-// readBody feeds a framed request body into the decode chain.
-func (s *stream) readBody() {
+// pumpRequest is the decode pump: it feeds the request body, or an accepted upgrade's payload,
+// into the chain until the client ends its side. The codec hands out pooled slabs only while bytes
+// move, so an idle tunnel holds no copy buffer.
+func (s *stream) pumpRequest() {
+	tunnelMode := s.upgrade != ""
 	if s.expect100 {
-		s.c.wmu.Lock()
-		io.WriteString(s.c.bw, "HTTP/1.1 100 Continue\r\n\r\n")
-		s.c.bw.Flush()
-		s.c.wmu.Unlock()
+		s.down.continue100()
 	}
-	body := http1.NewBodyReader(s.c.br, s.req.ContentLength, s.req.Chunked, false)
-	for !s.aborted() && !s.respFinished() {
-		slab := buffer.GetSlab()
-		n, err := body.Read(*slab)
-		if n > 0 {
-			s.touch()
-			s.dec.pushData(buffer.Wrap((*slab)[:n]), false)
-		}
-		buffer.PutSlab(slab)
-		if err == io.EOF {
-			s.decodeDone.Store(true)
-			s.dec.pushData(&buffer.Buffer{}, true)
-			return
-		}
+	for !s.aborted() && !(s.respFinished() && !tunnelMode) {
+		slab, n, err := s.down.read(tunnelMode)
 		if err != nil {
-			if _, ok := err.(*http1.ParseError); ok && !s.respStarted.Load() {
-				s.m.stats.CxProtocolError.Inc()
-				s.SendLocalReply(400, "Bad Request", "http1.codec_error")
-				return
-			}
-			s.reset("downstream_remote_disconnect")
-			return
-		}
-	}
-}
-
-// pumpUpgradePayload feeds the client's bytes after an accepted upgrade's head into the chain: the
-// early data already read, then the socket, borrowing a slab only while bytes move.
-func (s *stream) pumpUpgradePayload() {
-	c := s.c
-	if n := c.br.Buffered(); n > 0 {
-		p, _ := c.br.Peek(n)
-		b := buffer.Wrap(append([]byte(nil), p...))
-		c.br.Discard(n)
-		s.upStats.BytesUp.Add(uint64(n))
-		s.dec.pushData(b, false)
-	}
-	c.br = nil // the connection is a tunnel now: no HTTP parsing, no idle read buffer
-	c.closing.Store(true)
-	for !s.aborted() {
-		slab, n, err := tunnel.ReadSlab(c.nc)
-		if err != nil {
-			if err == io.EOF {
+			var bad *badRequestError
+			switch {
+			case err == io.EOF:
 				s.decodeDone.Store(true)
-				s.upEnded.Store(true)
+				if tunnelMode {
+					s.upEnded.Store(true)
+				}
 				s.dec.pushData(&buffer.Buffer{}, true)
-				s.maybeTunnelDone()
-				return
-			}
-			if !s.respFinished() {
+				if tunnelMode {
+					s.maybeTunnelDone()
+				}
+			case errors.As(err, &bad) && !s.respStarted.Load():
+				s.m.stats.CxProtocolError.Inc()
+				s.connClose.Store(true)
+				s.SendLocalReply(400, "Bad Request", bad.Details)
+			case !s.respFinished():
 				s.reset("downstream_remote_disconnect")
 			}
 			return
 		}
 		s.touch()
-		s.upStats.BytesUp.Add(uint64(n))
+		if tunnelMode {
+			s.upStats.BytesUp.Add(uint64(n))
+		}
 		s.dec.pushData(buffer.Wrap((*slab)[:n]), false)
 		buffer.PutSlab(slab)
 	}
@@ -335,29 +303,28 @@ func (s *stream) markDone() {
 	s.doneOnce.Do(func() {
 		close(s.done)
 		if !s.decodeDone.Load() || s.upgrade != "" {
-			// The request is still arriving (or is a tunnel) and the exchange is over: wake the
-			// reader so the connection can close.
-			s.c.nc.SetReadDeadline(time.Now())
+			// The request is still arriving (or is a tunnel) and the exchange is over: stop reading.
+			s.down.abortRead()
 		}
 	})
 }
 
-// reset tears the stream down: for HTTP/1.1 that means closing the downstream connection. The
-// router sees the context end and closes its upstream connection.
+// reset tears the stream down (for HTTP/1.1 the whole connection, for HTTP/2 the stream). The
+// router sees the context end and closes its upstream side.
 func (s *stream) reset(reason string) {
 	s.resetOnce.Do(func() {
 		s.wasReset.Store(true)
-		s.c.closing.Store(true)
-		s.m.log.Debug("stream reset", "reason", reason, "remote", s.c.remote)
+		s.connClose.Store(true)
+		s.m.log.Debug("stream reset", "reason", reason, "remote", s.ri.remote)
 		s.cancel()
-		s.c.nc.Close()
+		s.down.reset()
 		s.markDone()
 	})
 }
 
 // keepAlive decides whether the connection may carry another request.
 func (s *stream) keepAlive() bool {
-	return !s.c.closing.Load() && !s.resp.closeAfter && !s.wasReset.Load() && s.decodeDone.Load() && s.req.KeepAlive && s.respFinished()
+	return !s.connClose.Load() && !s.wasReset.Load() && s.decodeDone.Load() && s.respFinished() && s.down.keepAlive()
 }
 
 // finish stops timers, ends the filters and releases the stream's context.
@@ -378,11 +345,11 @@ func (s *stream) finish() {
 
 // earlyReply answers before any filter exists, and closes the connection.
 func (s *stream) earlyReply(status int, body, details string) {
-	s.c.closing.Store(true)
+	s.connClose.Store(true)
 	s.enc = newIterator(nil)
 	s.enc.aborted = func() bool { return false }
-	s.enc.sinkH = s.resp.writeHeaders
-	s.enc.sinkD = s.resp.writeData
+	s.enc.sinkH = s.writeHeaders
+	s.enc.sinkD = s.writeData
 	s.SendLocalReply(status, body, details)
 }
 
@@ -433,7 +400,7 @@ func (s *stream) timeout(status int, body, details string) {
 		return
 	}
 	s.encMu.Unlock()
-	s.c.closing.Store(true)
+	s.connClose.Store(true)
 	s.SendLocalReply(status, body, details)
 	s.cancel()
 }
@@ -454,8 +421,8 @@ func (s *stream) Route() *config.Route             { return s.route }
 func (s *stream) VirtualHost() *config.VirtualHost { return s.vh }
 func (s *stream) RouteTable() *config.RouteTable   { return s.m.cfg.Routes }
 func (s *stream) BufferLimit() int                 { return s.m.bufferLimit }
-func (s *stream) RequestChunked() bool             { return s.req.Chunked }
-func (s *stream) DownstreamRemoteAddress() string  { return s.c.remote }
+func (s *stream) RequestChunked() bool             { return s.ri.chunked }
+func (s *stream) DownstreamRemoteAddress() string  { return s.ri.remote }
 
 // SendLocalReply answers from the proxy, through the encoder filters; after the response has
 // started it resets the stream instead.
@@ -499,7 +466,7 @@ func (s *stream) EncodeHeaders(h *headers.Map, end bool) {
 func (s *stream) EncodeData(b *buffer.Buffer, end bool) {
 	s.encMu.Lock()
 	defer s.encMu.Unlock()
-	if !s.respStarted.Load() || s.resp.ended || s.wasReset.Load() {
+	if !s.respStarted.Load() || s.respEnded || s.wasReset.Load() {
 		return
 	}
 	if s.tunnelOpen.Load() {
@@ -516,4 +483,94 @@ func newRequestID() string {
 	b[6] = b[6]&0x0f | 0x40
 	b[8] = b[8]&0x3f | 0x80
 	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+}
+
+// writeHeaders is the last stage of the encode direction: the parts of writing a response head
+// that are the same for every codec. Called with encMu held.
+func (s *stream) writeHeaders(h *headers.Map, end bool) {
+	status, _ := strconv.Atoi(h.Get(headers.Status))
+	s.respStarted.Store(true)
+	switchProto := status == 101 && s.upgrade != "" && headers.IsUpgrade(h) &&
+		strings.EqualFold(headers.UpgradeToken(h), s.upgrade)
+	if status == 101 && !switchProto {
+		// The router only passes a 101 that answers this upgrade; a switch the client did not
+		// ask for must never reach it.
+		s.m.log.Error("dropping a 101 that does not answer the request", "upgrade", s.upgrade)
+		s.reset("invalid_101")
+		return
+	}
+	if switchProto {
+		upgrade := h.Values("upgrade")
+		headers.RemoveHopByHop(h, false)
+		h.Set("connection", "upgrade")
+		for _, u := range upgrade {
+			h.Add("upgrade", u)
+		}
+		h.Del("content-length")
+	} else {
+		offered := h.Values("upgrade")
+		headers.RemoveHopByHop(h, false)
+		if status == 426 {
+			// RFC 9110 §15.5.22: a 426 must say which protocols the client could upgrade to.
+			for _, u := range offered {
+				h.Add("upgrade", u)
+			}
+		}
+	}
+	if name := s.m.cfg.ServerName; name != "" {
+		h.Set("server", name)
+	}
+	if !h.Has("date") {
+		h.Set("date", time.Now().UTC().Format(http.TimeFormat))
+	}
+	s.m.stats.countResponse(status)
+	bodyless, err := s.down.writeHead(h, status, end, switchProto)
+	if err != nil {
+		s.reset("downstream_write_failed")
+		return
+	}
+	if switchProto {
+		s.tunnelOpen.Store(true)
+		s.upStats.Established.Inc()
+		s.upStats.Active.Inc()
+		return
+	}
+	if end || bodyless {
+		s.finishResponse()
+	}
+}
+
+// writeData writes body bytes or tunnel payload downstream. Called with encMu held.
+func (s *stream) writeData(b *buffer.Buffer, end bool) {
+	if s.respEnded {
+		return
+	}
+	if b.Len() > 0 {
+		if err := s.down.writeBody(b.Bytes()); err != nil {
+			s.reset("downstream_write_failed")
+			return
+		}
+	}
+	if end {
+		s.finishResponse()
+	}
+}
+
+// finishResponse ends the response: the last chunk, or the tunnel's half-close toward the client.
+func (s *stream) finishResponse() {
+	s.respEnded = true
+	if s.tunnelOpen.Load() {
+		s.downEnded.Store(true)
+		if err := s.down.closeTunnelWrite(); err != nil {
+			s.reset("half_close_failed")
+			return
+		}
+		s.maybeTunnelDone()
+		return
+	}
+	if err := s.down.endBody(); err != nil {
+		s.reset("downstream_write_failed")
+		return
+	}
+	s.markDone()
 }
