@@ -55,7 +55,52 @@ type Listener struct {
 	StatName    string // "<ip>_<port>", as in Envoy's listener.<address>. stats
 	BufferLimit int    // per_connection_buffer_limit_bytes; default 1 MiB
 	HCM         *HCM
+	TLS         *TLSServer // transport_socket envoy.transport_sockets.tls; nil for cleartext
 }
+
+// TLSServer is a compiled DownstreamTlsContext.
+type TLSServer struct {
+	Certificates []CertificatePair // tls_certificates, each from filename or inline_string
+	ALPN         []string          // common_tls_context.alpn_protocols; empty: Envoy's default ("h2,http/1.1" when the codec allows HTTP/2)
+}
+
+// CertificatePair is one tls_certificates entry, PEM-encoded.
+type CertificatePair struct {
+	CertPEM, KeyPEM []byte
+}
+
+// TLSClient is a compiled UpstreamTlsContext.
+type TLSClient struct {
+	SNI          string
+	TrustedCAPEM []byte   // validation_context.trusted_ca; nil: the peer is not verified (Envoy's default)
+	ALPN         []string // common_tls_context.alpn_protocols
+}
+
+// HTTP2Options is a compiled envoy.config.core.v3.Http2ProtocolOptions. Zero values mean the
+// codec's defaults.
+type HTTP2Options struct {
+	AllowConnect                                 bool
+	MaxConcurrentStreams                         uint32
+	InitialStreamWindowSize                      uint32
+	InitialConnectionWindowSize                  uint32
+	StreamErrorOnInvalidMessage                  bool // override_stream_error_on_invalid_http_message
+	MaxOutboundFrames                            uint32
+	MaxOutboundControlFrames                     uint32
+	MaxConsecutiveInboundFramesWithEmptyPayload  uint32
+	MaxInboundPriorityFramesPerStream            uint32
+	MaxInboundWindowUpdateFramesPerDataFrameSent uint32
+}
+
+// UpstreamProtocol is how a cluster talks to its hosts.
+type UpstreamProtocol int
+
+// Upstream protocols: HTTP/1.1 (the default), HTTP/2 (explicit_http_config.http2_protocol_options,
+// cleartext or TLS), or chosen by ALPN (auto_config, TLS only).
+const (
+	UpstreamHTTP1 UpstreamProtocol = iota
+	UpstreamHTTP2
+	UpstreamAuto
+)
 
 // CodecType is the HCM codec_type.
 type CodecType int
@@ -82,6 +127,7 @@ type HCM struct {
 	MaxStreamDuration     time.Duration // 0 disables
 	MaxRequestsPerConn    int           // 0 = unlimited
 	DrainTimeout          time.Duration
+	HTTP2                 *HTTP2Options // http2_protocol_options; never nil after compile
 
 	AcceptHTTP10        bool
 	DefaultHostHTTP10   string
