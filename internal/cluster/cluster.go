@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/switchyard-proxy/switchyard/internal/codec/http2"
 	"log/slog"
 	"net"
 	"sync"
@@ -128,6 +129,7 @@ func (m *Manager) Close() {
 		for _, c := range m.clusters {
 			for _, h := range c.hostSet().hosts {
 				h.pool.close()
+				h.h2.close()
 			}
 		}
 	})
@@ -148,12 +150,14 @@ type Cluster struct {
 	rqActive  atomic.Int64  // StartRequest minus EndRequest, checked against MaxRequests
 	wakeMu    sync.Mutex
 	wakeWaits chan struct{} // closed and replaced when a connection is released or closed
+	h2stats   *http2.Stats  // cluster.<name>.http2.*
 }
 
 func newCluster(cfg *config.Cluster, st *stats.Store, log *slog.Logger, o options) *Cluster {
 	c := &Cluster{
 		Config:    cfg,
 		Stats:     NewStats(st.Scope("cluster." + cfg.Name)),
+		h2stats:   http2.NewStats(st.Scope("cluster." + cfg.Name + ".http2")),
 		log:       log,
 		opts:      o,
 		ready:     make(chan struct{}),

@@ -28,6 +28,7 @@ type Host struct {
 	rqActive atomic.Int64           // leases out (a hijacked one until its conn is closed)
 	cxActive atomic.Int64           // live or dialing connections
 	pool     pool
+	h2       h2pool
 }
 
 func newHost(c *Cluster, addr string, weight uint32) *Host {

@@ -299,6 +299,9 @@ type Cluster struct {
 	MaxRequests    int
 	BufferLimit    int           // per_connection_buffer_limit_bytes; default 1 MiB
 	DNSRefreshRate time.Duration // default 5 s
+	Protocol       UpstreamProtocol
+	HTTP2          *HTTP2Options // for UpstreamHTTP2 and UpstreamAuto; never nil after compile
+	TLS            *TLSClient    // transport_socket envoy.transport_sockets.tls; nil for cleartext
 }
 
 // Endpoint is one lb_endpoints entry.

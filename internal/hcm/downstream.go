@@ -13,6 +13,7 @@ type requestInfo struct {
 	canExpect bool   // the codec can answer "Expect: 100-continue" itself
 	remote    string // the client's address, host:port
 	scheme    string // "http" or "https"
+	extended  bool   // an HTTP/2 extended CONNECT (RFC 8441), now an upgrade
 }
 
 // downstream is the codec side of one stream: where the request's body and upgrade payload come

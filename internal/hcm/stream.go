@@ -422,6 +422,7 @@ func (s *stream) VirtualHost() *config.VirtualHost { return s.vh }
 func (s *stream) RouteTable() *config.RouteTable   { return s.m.cfg.Routes }
 func (s *stream) BufferLimit() int                 { return s.m.bufferLimit }
 func (s *stream) RequestChunked() bool             { return s.ri.chunked }
+func (s *stream) ExtendedConnect() bool            { return s.ri.extended }
 func (s *stream) DownstreamRemoteAddress() string  { return s.ri.remote }
 
 // SendLocalReply answers from the proxy, through the encoder filters; after the response has

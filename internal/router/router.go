@@ -26,6 +26,9 @@ type StreamInfo interface {
 	RouteTable() *config.RouteTable
 	BufferLimit() int     // per_connection_buffer_limit_bytes: bounds what the router holds
 	RequestChunked() bool // the request body arrives without a known length
+	// ExtendedConnect says the request arrived as an HTTP/2 extended CONNECT (RFC 8441): a
+	// WebSocket without Sec-WebSocket-Key, which an HTTP/1.1 upstream needs.
+	ExtendedConnect() bool
 }
 
 // Local reply bodies, as Envoy words them, so clients and dashboards that match on them keep working.
@@ -92,8 +95,8 @@ type routerFilter struct {
 
 // attempt is one try against one upstream connection.
 type attempt struct {
-	lease    *cluster.Lease
-	wmu      sync.Mutex // serialises writes to the connection
+	up       upstream
+	wmu      sync.Mutex // serialises writes to the upstream
 	mu       sync.Mutex
 	reason   string // why the attempt was aborted ("" while live)
 	bodySent bool   // the whole request body reached the connection
@@ -106,7 +109,7 @@ func (a *attempt) abort(reason string) {
 		a.reason = reason
 	}
 	a.mu.Unlock()
-	a.lease.Conn.Close()
+	a.up.close()
 }
 
 func (a *attempt) abortReason() string {
@@ -141,6 +144,14 @@ func (r *routerFilter) DecodeHeaders(h *headers.Map, end bool) filter.Status {
 		return filter.StopIteration
 	}
 	r.upgrade = r.cb.UpgradeType()
+	if r.upgrade != "" && r.cl.Config.Protocol == config.UpstreamHTTP2 {
+		// The seed: the HTTP/2 upgrade path will not proxy upgrade requests with bodies — an
+		// extended CONNECT's DATA is tunnel payload, so a body would silently become payload.
+		if cl := h.Get("content-length"); (cl != "" && cl != "0") || r.info.RequestChunked() {
+			r.cb.SendLocalReply(400, "", "upgrade_request_with_body_over_http2")
+			return filter.StopIteration
+		}
+	}
 	r.method = h.Get(headers.Method)
 	r.hasBody = !end
 	r.chunked = r.upgrade == "" && r.info.RequestChunked()
@@ -202,10 +213,10 @@ func (r *routerFilter) DecodeData(b *buffer.Buffer, end bool) filter.Status {
 		att.wmu.Lock()
 		var err error
 		if len(p) > 0 {
-			_, err = att.lease.Conn.Write(p)
+			err = att.up.write(p)
 		}
 		if end && err == nil {
-			closeWrite(att.lease.Conn)
+			err = att.up.endRequest()
 		}
 		att.wmu.Unlock()
 		if err != nil {

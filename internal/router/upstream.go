@@ -1,6 +1,7 @@
 package router
 
 import (
+	"context"
 	"errors"
 	"io"
 	"math/rand/v2"
@@ -10,8 +11,8 @@ import (
 	"github.com/switchyard-proxy/switchyard/buffer"
 	"github.com/switchyard-proxy/switchyard/headers"
 	"github.com/switchyard-proxy/switchyard/internal/cluster"
-	"github.com/switchyard-proxy/switchyard/internal/codec/http1"
-	"github.com/switchyard-proxy/switchyard/internal/tunnel"
+	"github.com/switchyard-proxy/switchyard/internal/codec/http2/client"
+	"github.com/switchyard-proxy/switchyard/internal/config"
 )
 
 // failure kinds a retry policy can name.
@@ -99,11 +100,28 @@ func (r *routerFilter) fail(status int, body, details string) {
 	}
 }
 
+// connect opens the attempt's exchange: a pooled HTTP/1.1 connection, or a stream on a shared
+// HTTP/2 connection.
+func (r *routerFilter) connect(ctx context.Context) (upstream, error) {
+	if r.cl.Config.Protocol == config.UpstreamHTTP2 {
+		cc, err := r.cl.AcquireH2(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return &h2Upstream{ctx: ctx, cc: cc, upgrade: r.upgrade}, nil
+	}
+	lease, err := r.cl.Acquire(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &h1Upstream{lease: lease, method: r.method, chunked: r.chunked, makeKey: r.info.ExtendedConnect()}, nil
+}
+
 // attempt makes one try. It reports true when the caller should retry.
 func (r *routerFilter) attempt(canRetry func(failure) bool, isRetry bool) bool {
 	ctx := r.cb.Context()
 	st := r.cl.Stats
-	lease, err := r.cl.Acquire(ctx)
+	up, err := r.connect(ctx)
 	if err != nil {
 		var ce *cluster.ConnectError
 		switch {
@@ -123,11 +141,11 @@ func (r *routerFilter) attempt(canRetry func(failure) bool, isRetry bool) bool {
 		return false
 	}
 	st.UpstreamRqTotal.Inc()
-	att := &attempt{lease: lease}
+	att := &attempt{up: up}
 	r.mu.Lock()
 	if r.finished {
 		r.mu.Unlock()
-		lease.Release(false)
+		up.release(false)
 		return false
 	}
 	r.att = att
@@ -143,21 +161,24 @@ func (r *routerFilter) attempt(canRetry func(failure) bool, isRetry bool) bool {
 	defer stopPerTry()
 
 	att.wmu.Lock()
-	err = http1.WriteRequestHead(lease.Writer, r.upHeaders)
-	if err == nil {
-		err = lease.Writer.Flush()
-	}
+	err = up.sendHeaders(r.upHeaders.Clone(), !r.hasBody && r.upgrade == "")
 	att.wmu.Unlock()
+	if errors.Is(err, client.ErrNoExtendedConnect) {
+		up.release(false)
+		r.fail(503, "upstream does not support WebSocket over HTTP/2 (no SETTINGS_ENABLE_CONNECT_PROTOCOL)",
+			"upstream_extended_connect_not_supported")
+		return false
+	}
 	if err == nil && r.upgrade == "" && r.hasBody {
 		r.wg.Add(1)
 		go r.writeBody(att)
 	}
-	var resp *http1.Response
+	var resp *upResponse
 	if err == nil {
-		resp, err = readFinalResponse(lease)
+		resp, err = up.response()
 	}
 	if err != nil {
-		lease.Release(false)
+		up.release(false)
 		switch att.abortReason() {
 		case "global_timeout", "downstream_reset", "stream_end":
 			return false
@@ -169,8 +190,7 @@ func (r *routerFilter) attempt(canRetry func(failure) bool, isRetry bool) bool {
 			r.fail(504, bodyTimeout, "upstream_per_try_timeout")
 			return false
 		}
-		var pe *http1.ParseError
-		if errors.As(err, &pe) {
+		if isProtocolError(err) {
 			st.UpstreamCxProtocolError.Inc()
 			r.fail(502, bodyProtocolError, "upstream_reset_before_response_started{protocol_error}")
 			return false
@@ -183,10 +203,10 @@ func (r *routerFilter) attempt(canRetry func(failure) bool, isRetry bool) bool {
 		return false
 	}
 	stopPerTry()
-	status := resp.Status
+	status := resp.status
 	st.CountResponse(status)
 	if status >= 500 && canRetry(fail5xx) {
-		lease.Release(false)
+		up.release(false)
 		return true
 	}
 	if isRetry && status < 500 {
@@ -195,7 +215,7 @@ func (r *routerFilter) attempt(canRetry func(failure) bool, isRetry bool) bool {
 	switch {
 	case r.upgrade != "" && status == 101:
 		if !validSwitch(resp, r.upgrade) {
-			lease.Release(false)
+			up.release(false)
 			st.UpstreamCxProtocolError.Inc()
 			r.fail(502, bodyProtocolError, "upgrade_response_invalid")
 			return false
@@ -203,7 +223,7 @@ func (r *routerFilter) attempt(canRetry func(failure) bool, isRetry bool) bool {
 		r.tunnel(att, resp)
 	case status == 101:
 		// RFC 9110 §15.2.2: a server must not switch to a protocol the client did not ask for.
-		lease.Release(false)
+		up.release(false)
 		st.UpstreamCxProtocolError.Inc()
 		r.fail(502, bodyProtocolError, "unsolicited_101")
 	default:
@@ -214,36 +234,19 @@ func (r *routerFilter) attempt(canRetry func(failure) bool, isRetry bool) bool {
 	return false
 }
 
-// readFinalResponse reads the response head, skipping interim 1xx responses other than 101.
-func readFinalResponse(lease *cluster.Lease) (*http1.Response, error) {
-	for {
-		resp, err := http1.ReadResponse(lease.Reader, http1.Limits{MaxHeaderBytes: upstreamHeaderLimit})
-		if err != nil {
-			return nil, err
-		}
-		if resp.Status >= 200 || resp.Status == 101 {
-			return resp, nil
-		}
-	}
-}
-
 // validSwitch checks a 101: it must be an upgrade to exactly the protocol the client asked for
-// (for every upgrade type, not only websocket: CVE-2024-23326), and carry no body framing.
-func validSwitch(resp *http1.Response, requested string) bool {
-	h := resp.Headers
+// (for every upgrade type, not only websocket: CVE-2024-23326), and carry no body.
+func validSwitch(resp *upResponse, requested string) bool {
+	h := resp.h
 	if !headers.IsUpgrade(h) || !strings.EqualFold(headers.UpgradeToken(h), requested) {
 		return false
 	}
-	return !resp.Chunked && resp.ContentLength <= 0
+	return resp.bad101 == ""
 }
 
-// writeBody copies queued request body bytes to the attempt's connection.
+// writeBody copies queued request body bytes to the attempt's upstream.
 func (r *routerFilter) writeBody(att *attempt) {
 	defer r.wg.Done()
-	var cw *http1.ChunkedWriter
-	if r.chunked {
-		cw = http1.NewChunkedWriter(att.lease.Writer)
-	}
 	for {
 		r.mu.Lock()
 		for len(r.queue) == 0 && !r.bodyEnd && !r.finished && r.att == att {
@@ -261,17 +264,10 @@ func (r *routerFilter) writeBody(att *attempt) {
 		att.wmu.Lock()
 		var err error
 		if len(q) > 0 {
-			if cw != nil {
-				_, err = cw.Write(q)
-			} else {
-				_, err = att.lease.Writer.Write(q)
-			}
+			err = att.up.write(q)
 		}
-		if err == nil && end && cw != nil {
-			err = cw.Close(nil)
-		}
-		if err == nil {
-			err = att.lease.Writer.Flush()
+		if err == nil && end {
+			err = att.up.endRequest()
 		}
 		att.wmu.Unlock()
 		if err != nil {
@@ -289,12 +285,10 @@ func (r *routerFilter) writeBody(att *attempt) {
 
 // relay passes a normal response downstream and returns its connection to the pool when the
 // whole exchange was clean.
-func (r *routerFilter) relay(att *attempt, resp *http1.Response, reusable bool) {
-	lease := att.lease
-	length, chunked, untilClose := http1.ResponseBodyLength(resp, r.method)
-	end := length == 0 && !chunked && !untilClose
-	h := resp.Headers
-	if r.upgrade != "" && resp.Status != 426 {
+func (r *routerFilter) relay(att *attempt, resp *upResponse, reusable bool) {
+	up := att.up
+	h := resp.h
+	if r.upgrade != "" && resp.status != 426 {
 		// A failed handshake must not look like a switch (Envoy PR #45670); a 426 keeps its
 		// Upgrade list, which RFC 9110 requires, and the connection manager drops Connection.
 		headers.StripUpgrade(h)
@@ -315,22 +309,20 @@ func (r *routerFilter) relay(att *attempt, resp *http1.Response, reusable bool) 
 		att.mu.Lock()
 		sent := att.bodySent || !r.hasBody
 		att.mu.Unlock()
-		lease.Release(reusable && clean && resp.KeepAlive && sent && !untilClose && att.abortReason() == "")
+		up.release(reusable && clean && resp.keepAlive && sent && att.abortReason() == "")
 	}
-	if end {
+	if resp.bodyless {
 		finish(true)
 		r.cb.EncodeHeaders(h, true)
 		return
 	}
 	r.cb.EncodeHeaders(h, false)
-	body := http1.NewBodyReader(lease.Reader, length, chunked, untilClose)
 	for {
-		slab := buffer.GetSlab()
-		n, err := body.Read(*slab)
+		slab, n, err := up.read()
 		if n > 0 {
 			r.cb.EncodeData(buffer.Wrap((*slab)[:n]), false)
+			buffer.PutSlab(slab)
 		}
-		buffer.PutSlab(slab)
 		if err == io.EOF {
 			finish(true)
 			r.cb.EncodeData(&buffer.Buffer{}, true)
@@ -346,11 +338,12 @@ func (r *routerFilter) relay(att *attempt, resp *http1.Response, reusable bool) 
 
 // tunnel carries an established upgrade: it sends the 101 downstream, flushes the client bytes
 // held while waiting for it, and then pumps upstream bytes downstream until the upstream ends.
-func (r *routerFilter) tunnel(att *attempt, resp *http1.Response) {
+func (r *routerFilter) tunnel(att *attempt, resp *upResponse) {
+	up := att.up
 	r.mu.Lock()
 	if r.finished {
 		r.mu.Unlock()
-		att.lease.Release(false)
+		up.release(false)
 		return
 	}
 	r.established = true
@@ -360,15 +353,8 @@ func (r *routerFilter) tunnel(att *attempt, resp *http1.Response) {
 	r.retained = nil
 	r.mu.Unlock()
 
-	lease := att.lease
-	var early []byte
-	if n := lease.Reader.Buffered(); n > 0 {
-		p, _ := lease.Reader.Peek(n)
-		early = append([]byte(nil), p...)
-	}
-	conn := lease.Hijack()
-	lease.Reader, lease.Writer = nil, nil // an idle tunnel keeps no copy buffers
-	h := resp.Headers
+	up.openTunnel()
+	h := resp.h
 	r.responseHeaders(h)
 	r.cb.EncodeHeaders(h, false)
 
@@ -383,23 +369,20 @@ func (r *routerFilter) tunnel(att *attempt, resp *http1.Response) {
 			r.cond.Broadcast()
 			r.mu.Unlock()
 			if end {
-				closeWrite(conn)
+				up.endRequest()
 			}
 			break
 		}
 		r.cond.Broadcast()
 		r.mu.Unlock()
-		if _, err := conn.Write(q); err != nil {
+		if err := up.write(q); err != nil {
 			break
 		}
 	}
 	att.wmu.Unlock()
 
-	if len(early) > 0 {
-		r.cb.EncodeData(buffer.Wrap(early), false)
-	}
 	for {
-		slab, n, err := tunnel.ReadSlab(conn)
+		slab, n, err := up.read()
 		if err != nil {
 			if err == io.EOF {
 				r.cb.EncodeData(&buffer.Buffer{}, true)

@@ -1,0 +1,102 @@
+package cluster
+
+import (
+	"context"
+	"sync"
+
+	"github.com/switchyard-proxy/switchyard/internal/codec/http2"
+	"github.com/switchyard-proxy/switchyard/internal/codec/http2/client"
+	"github.com/switchyard-proxy/switchyard/internal/config"
+)
+
+// h2pool is one host's multiplexed HTTP/2 connections. A connection stays in the pool until it
+// closes or goes away; requests share it up to the peer's SETTINGS_MAX_CONCURRENT_STREAMS.
+type h2pool struct {
+	mu    sync.Mutex
+	conns []*client.ClientConn
+	wg    sync.WaitGroup // one watcher per connection, ended when it closes
+}
+
+// H2Conn is a multiplexed connection to one host. Streams on it need no release: the connection
+// stays pooled while it is usable.
+type H2Conn struct {
+	*client.ClientConn
+	Host *Host
+}
+
+// AcquireH2 returns an HTTP/2 connection to a host with room for one more stream: a pooled one,
+// or a new one counted against max_connections. A host is picked by lb_policy. Errors are those
+// of Acquire.
+func (c *Cluster) AcquireH2(ctx context.Context) (*H2Conn, error) {
+	if err := c.WaitReady(ctx); err != nil {
+		return nil, err
+	}
+	h := c.hostSet().pick(c.Config.LBPolicy)
+	if h == nil {
+		c.Stats.UpstreamCxNoneHealthy.Inc()
+		return nil, ErrNoHealthyUpstream
+	}
+	p := &h.h2
+	p.mu.Lock()
+	for _, cc := range p.conns {
+		if cc.Available() {
+			p.mu.Unlock()
+			return &H2Conn{ClientConn: cc, Host: h}, nil
+		}
+	}
+	p.mu.Unlock()
+	select {
+	case c.cx <- struct{}{}:
+	default:
+		c.Stats.UpstreamCxOverflow.Inc()
+		c.Stats.UpstreamRqPendingOverflow.Inc()
+		return nil, ErrOverflow
+	}
+	pc, err := c.dial(ctx, h)
+	if err != nil {
+		return nil, err
+	}
+	cc, err := client.NewClientConn(pc.conn, h2ClientConfig(c.Config.HTTP2, c.h2stats))
+	if err != nil {
+		pc.close()
+		return nil, &ConnectError{Host: h.Address, Err: err}
+	}
+	p.mu.Lock()
+	p.conns = append(p.conns, cc)
+	p.wg.Add(1)
+	p.mu.Unlock()
+	go func() {
+		defer p.wg.Done()
+		<-cc.Done()
+		p.mu.Lock()
+		for i, x := range p.conns {
+			if x == cc {
+				p.conns = append(p.conns[:i], p.conns[i+1:]...)
+				break
+			}
+		}
+		p.mu.Unlock()
+		pc.close()
+	}()
+	return &H2Conn{ClientConn: cc, Host: h}, nil
+}
+
+// close closes every connection and waits for their watchers.
+func (p *h2pool) close() {
+	p.mu.Lock()
+	conns := append([]*client.ClientConn(nil), p.conns...)
+	p.mu.Unlock()
+	for _, cc := range conns {
+		cc.Close()
+	}
+	p.wg.Wait()
+}
+
+func h2ClientConfig(o *config.HTTP2Options, st *http2.Stats) client.Config {
+	cfg := client.Config{Stats: st}
+	if o != nil {
+		cfg.InitialStreamWindowSize = o.InitialStreamWindowSize
+		cfg.InitialConnectionWindowSize = o.InitialConnectionWindowSize
+	}
+	return cfg
+}
