@@ -9,6 +9,7 @@ package cluster
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"github.com/switchyard-proxy/switchyard/internal/codec/http2"
@@ -151,6 +152,7 @@ type Cluster struct {
 	wakeMu    sync.Mutex
 	wakeWaits chan struct{} // closed and replaced when a connection is released or closed
 	h2stats   *http2.Stats  // cluster.<name>.http2.*
+	tls       *tls.Config   // nil for cleartext
 }
 
 func newCluster(cfg *config.Cluster, st *stats.Store, log *slog.Logger, o options) *Cluster {
@@ -165,6 +167,9 @@ func newCluster(cfg *config.Cluster, st *stats.Store, log *slog.Logger, o option
 		wakeWaits: make(chan struct{}),
 	}
 	c.hosts.Store(&hostSet{})
+	if cfg.TLS != nil {
+		c.tls = clientTLS(cfg)
+	}
 	return c
 }
 
@@ -312,6 +317,11 @@ func (c *Cluster) dial(ctx context.Context, h *Host) (*pconn, error) {
 	h.cxActive.Add(1)
 	d := net.Dialer{Timeout: c.Config.ConnectTimeout}
 	conn, err := d.DialContext(ctx, "tcp", h.DialAddress())
+	if err == nil && c.tls != nil {
+		hctx, cancel := context.WithTimeout(ctx, c.Config.ConnectTimeout)
+		conn, err = c.handshake(hctx, conn)
+		cancel()
+	}
 	if err == nil {
 		return newPconn(conn, h), nil
 	}

@@ -47,7 +47,7 @@ func newH1Stream(c *conn, req *http1.Request) *h1Stream {
 		keepAlive: req.KeepAlive,
 		canExpect: req.Minor == 1,
 		remote:    c.remote,
-		scheme:    "http",
+		scheme:    c.scheme,
 	}
 	return d
 }

@@ -6,6 +6,7 @@ package hcm
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -18,6 +19,7 @@ import (
 	"github.com/switchyard-proxy/switchyard/filter"
 	"github.com/switchyard-proxy/switchyard/headers"
 	"github.com/switchyard-proxy/switchyard/internal/codec/http1"
+	"github.com/switchyard-proxy/switchyard/internal/codec/http2"
 	"github.com/switchyard-proxy/switchyard/internal/config"
 	"github.com/switchyard-proxy/switchyard/internal/stats"
 )
@@ -37,6 +39,7 @@ type Manager struct {
 	defaultChain []namedFactory
 	chains       map[*config.HTTPFilter]namedFactory
 	draining     atomic.Bool
+	h2cfg        http2.ServerConfig
 }
 
 // New compiles the HCM's filter chains with the given builders (by filter name).
@@ -46,6 +49,11 @@ func New(cfg *config.HCM, bufferLimit int, st *stats.Store, builders map[string]
 	}
 	m := &Manager{cfg: cfg, bufferLimit: bufferLimit, stats: newStats(st, cfg), log: log,
 		chains: map[*config.HTTPFilter]namedFactory{}}
+	maxKB := cfg.MaxRequestHeadersKB
+	if maxKB <= 0 {
+		maxKB = config.DefaultMaxHeadersKB
+	}
+	m.h2cfg = h2Config(cfg.HTTP2, maxKB, http2.NewStats(st.Scope("http."+cfg.StatPrefix+".http2")))
 	compile := func(fs []*config.HTTPFilter) ([]namedFactory, error) {
 		out := make([]namedFactory, 0, len(fs))
 		for _, f := range fs {
@@ -97,6 +105,7 @@ type conn struct {
 	br       *bufio.Reader // nil once an upgrade has taken the connection over
 	bw       *bufio.Writer
 	remote   string
+	scheme   string // "http" or "https"
 	requests int
 	closing  atomic.Bool // set from any goroutine of a stream that ends the connection
 	wmu      sync.Mutex  // serialises writes to nc (the encode path and 100-continue)
@@ -131,29 +140,86 @@ func (c *countingConn) CloseWrite() error {
 	return errors.New("half-close not supported")
 }
 
-// ServeConn serves one accepted connection until it closes or ctx ends. It closes nc.
+// ServeConn serves one accepted connection until it closes or ctx ends. It closes nc. A TLS
+// connection's handshake runs here, and its ALPN picks the codec; on cleartext, codec_type AUTO
+// tells HTTP/2 (prior knowledge) from HTTP/1.1 by the client's first bytes.
 func (m *Manager) ServeConn(ctx context.Context, nc net.Conn) {
 	s := m.stats
 	s.CxTotal.Inc()
-	s.CxHTTP1Total.Inc()
 	s.CxActive.Inc()
-	s.CxHTTP1Active.Inc()
 	defer func() {
 		s.CxActive.Dec()
-		s.CxHTTP1Active.Dec()
 		s.CxDestroy.Inc()
 	}()
+	defer nc.Close()
+	scheme, alpn := "http", ""
+	if tc, ok := nc.(*tls.Conn); ok {
+		hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
+		err := tc.HandshakeContext(hctx)
+		cancel()
+		if err != nil {
+			m.log.Debug("TLS handshake failed", "remote", nc.RemoteAddr().String(), "err", err)
+			return
+		}
+		s.CxSSLTotal.Inc()
+		scheme, alpn = "https", tc.ConnectionState().NegotiatedProtocol
+	}
 	cc := &countingConn{Conn: nc, rx: s.CxRxBytes, tx: s.CxTxBytes}
-	c := &conn{m: m, nc: cc, br: bufio.NewReaderSize(cc, 16<<10), bw: bufio.NewWriterSize(cc, 4<<10), remote: nc.RemoteAddr().String()}
+	c := &conn{m: m, nc: cc, br: bufio.NewReaderSize(cc, 16<<10), remote: nc.RemoteAddr().String(), scheme: scheme}
 	stop := context.AfterFunc(ctx, func() { nc.SetReadDeadline(time.Now()) })
 	defer stop()
-	defer nc.Close()
+
+	useH2 := false
+	switch {
+	case m.cfg.Codec == config.CodecHTTP2:
+		useH2 = true
+	case m.cfg.Codec == config.CodecHTTP1:
+	case scheme == "https":
+		useH2 = alpn == "h2"
+	default:
+		useH2 = c.sniffPreface()
+	}
+	if useH2 {
+		m.serveH2(ctx, nc, c, scheme)
+		return
+	}
+	s.CxHTTP1Total.Inc()
+	s.CxHTTP1Active.Inc()
+	defer s.CxHTTP1Active.Dec()
+	c.bw = bufio.NewWriterSize(cc, 4<<10)
 	for !c.closing.Load() && ctx.Err() == nil {
 		if !c.serveOne(ctx) {
 			return
 		}
 	}
 }
+
+// handshakeTimeout bounds a TLS handshake.
+const handshakeTimeout = 10 * time.Second
+
+// sniffPreface reports whether the client opened with the HTTP/2 connection preface. It reads
+// only as far as it must: a short HTTP/1.1 request is told apart by its first differing byte.
+func (c *conn) sniffPreface() bool {
+	if d := c.m.cfg.IdleTimeout; d > 0 {
+		c.nc.SetReadDeadline(time.Now().Add(d))
+		defer c.nc.SetReadDeadline(time.Time{})
+	}
+	n := 1
+	for {
+		p, err := c.br.Peek(n)
+		if err != nil || string(p) != http2Preface[:len(p)] {
+			return false
+		}
+		if len(p) == len(http2Preface) {
+			return true
+		}
+		// Check everything already here at once; otherwise wait for one more byte.
+		n = min(max(c.br.Buffered(), n+1), len(http2Preface))
+	}
+}
+
+// http2Preface is RFC 9113 §3.4's client connection preface.
+const http2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 // serveOne reads and answers one request. It reports whether the connection may carry another.
 func (c *conn) serveOne(ctx context.Context) bool {

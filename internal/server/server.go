@@ -5,6 +5,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -86,6 +87,16 @@ func (s *Server) Start() error {
 		if err != nil {
 			s.Close()
 			return fmt.Errorf("listener %q: %w", l.Name, err)
+		}
+		if l.TLS != nil {
+			tc, err := serverTLS(l)
+			if err != nil {
+				ln.Close()
+				s.Close()
+				return fmt.Errorf("listener %q: %w", l.Name, err)
+			}
+			// The handshake runs on the connection's goroutine (hcm.ServeConn), never in Accept.
+			ln = tls.NewListener(ln, tc)
 		}
 		s.mu.Lock()
 		s.lns = append(s.lns, ln)
@@ -202,6 +213,31 @@ func (s *Server) Close() {
 	if s.clusters != nil {
 		s.clusters.Close()
 	}
+}
+
+// serverTLS builds a listener's TLS config. ALPN defaults to what the codec can speak, as Envoy's
+// does: h2 and http/1.1 for AUTO, one of them for a fixed codec_type.
+func serverTLS(l *config.Listener) (*tls.Config, error) {
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	for _, c := range l.TLS.Certificates {
+		pair, err := tls.X509KeyPair(c.CertPEM, c.KeyPEM)
+		if err != nil {
+			return nil, err
+		}
+		tc.Certificates = append(tc.Certificates, pair)
+	}
+	tc.NextProtos = l.TLS.ALPN
+	if len(tc.NextProtos) == 0 {
+		switch l.HCM.Codec {
+		case config.CodecHTTP1:
+			tc.NextProtos = []string{"http/1.1"}
+		case config.CodecHTTP2:
+			tc.NextProtos = []string{"h2"}
+		default:
+			tc.NextProtos = []string{"h2", "http/1.1"}
+		}
+	}
+	return tc, nil
 }
 
 func (s *Server) clusterStatus() []admin.ClusterStatus {

@@ -1,0 +1,130 @@
+package hcm
+
+import (
+	"context"
+	"io"
+	"net"
+
+	"github.com/switchyard-proxy/switchyard/buffer"
+	"github.com/switchyard-proxy/switchyard/headers"
+	"github.com/switchyard-proxy/switchyard/internal/codec/http2"
+	"github.com/switchyard-proxy/switchyard/internal/config"
+	h2 "golang.org/x/net/http2"
+)
+
+// h2Stream is one request stream of an HTTP/2 connection. A reset or timeout ends only this
+// stream; the connection and its other streams go on.
+type h2Stream struct {
+	st *http2.ServerStream
+	s  *stream
+	ri requestInfo
+
+	ended bool // owned by the encode side: END_STREAM was sent
+}
+
+func newH2Stream(st *http2.ServerStream, remote, scheme string) *h2Stream {
+	h := st.Headers()
+	return &h2Stream{st: st, ri: requestInfo{
+		bodyless:  st.EndStream(),
+		chunked:   !st.EndStream() && !h.Has("content-length"),
+		keepAlive: true,
+		remote:    remote,
+		scheme:    scheme,
+		extended:  st.ExtendedConnect(),
+	}}
+}
+
+func (d *h2Stream) info() *requestInfo { return &d.ri }
+
+func (d *h2Stream) read(bool) (*[]byte, int, error) {
+	slab := buffer.GetSlab()
+	n, err := d.st.Read(*slab)
+	if n == 0 {
+		buffer.PutSlab(slab)
+		if err == nil {
+			err = io.ErrNoProgress
+		}
+		return nil, 0, err
+	}
+	return slab, n, nil
+}
+
+// continue100 is not needed: an HTTP/2 client does not wait for 100 unless it asked, and Expect
+// was removed from the request.
+func (d *h2Stream) continue100() {}
+
+func (d *h2Stream) writeHead(h *headers.Map, status int, end, switchProto bool) (bool, error) {
+	bodyless := !switchProto && (d.s.method == "HEAD" || status == 204 || status == 304)
+	if end || bodyless {
+		d.ended = true
+		return true, d.st.WriteHeaders(h, true)
+	}
+	return false, d.st.WriteHeaders(h, false)
+}
+
+func (d *h2Stream) writeBody(p []byte) error { return d.st.WriteData(p, false) }
+
+func (d *h2Stream) endBody() error {
+	if d.ended {
+		return nil
+	}
+	d.ended = true
+	return d.st.WriteData(nil, true)
+}
+
+// closeTunnelWrite is the upstream's half-close: END_STREAM, while the client may go on sending.
+func (d *h2Stream) closeTunnelWrite() error { return d.endBody() }
+
+// abortRead stops a request the response no longer needs (RFC 9113 §8.1: RST_STREAM NO_ERROR
+// after a complete response), unless the stream is already closed.
+func (d *h2Stream) abortRead() {
+	select {
+	case <-d.st.Context().Done():
+	default:
+		if !d.s.decodeDone.Load() {
+			d.st.Reset(h2.ErrCodeNo)
+		}
+	}
+}
+
+func (d *h2Stream) reset() { d.st.Reset(h2.ErrCodeCancel) }
+
+func (d *h2Stream) keepAlive() bool { return true }
+
+// h2Config turns the HCM's http2_protocol_options into the server codec's settings.
+func h2Config(o *config.HTTP2Options, maxHeadersKB int, st *http2.Stats) http2.ServerConfig {
+	cfg := http2.ServerConfig{Stats: st, MaxHeaderListSize: uint32(maxHeadersKB) * 1024}
+	if o == nil {
+		return cfg
+	}
+	cfg.AllowConnect = o.AllowConnect
+	cfg.MaxConcurrentStreams = o.MaxConcurrentStreams
+	cfg.InitialStreamWindowSize = o.InitialStreamWindowSize
+	cfg.InitialConnectionWindowSize = o.InitialConnectionWindowSize
+	cfg.StreamErrorOnInvalidMessage = o.StreamErrorOnInvalidMessage
+	cfg.MaxOutboundFrames = int(o.MaxOutboundFrames)
+	cfg.MaxOutboundControlFrames = int(o.MaxOutboundControlFrames)
+	cfg.MaxConsecutiveInboundFramesWithEmptyPayload = int(o.MaxConsecutiveInboundFramesWithEmptyPayload)
+	cfg.MaxInboundPriorityFramesPerStream = int(o.MaxInboundPriorityFramesPerStream)
+	cfg.MaxInboundWindowUpdateFramesPerDataFrameSent = int(o.MaxInboundWindowUpdateFramesPerDataFrameSent)
+	return cfg
+}
+
+// serveH2 serves an HTTP/2 connection: one stream goroutine per request, owned by the codec.
+func (m *Manager) serveH2(ctx context.Context, nc net.Conn, c *conn, scheme string) {
+	s := m.stats
+	s.CxHTTP2Total.Inc()
+	s.CxHTTP2Active.Inc()
+	defer s.CxHTTP2Active.Dec()
+	remote := nc.RemoteAddr().String()
+	sc := http2.NewServerConn(c.nc, c.br, m.h2cfg, func(st *http2.ServerStream) {
+		s.RqHTTP2Total.Inc()
+		d := newH2Stream(st, remote, scheme)
+		str := newStream(st.Context(), m, d, st.Headers())
+		d.s = str
+		str.run()
+	})
+	stop := context.AfterFunc(ctx, sc.Close)
+	defer stop()
+	sc.Serve(ctx)
+}
