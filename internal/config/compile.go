@@ -129,6 +129,8 @@ func (c *compiler) listener(l *listenerv3.Listener, p path) *Listener {
 		c.fail(p.field("filter_chains"), "exactly one filter chain is supported, got %d", len(chains))
 		return out
 	}
+	// Envoy puts the downstream TLS socket on the filter chain; the Listener has no transport_socket.
+	out.TLS = c.downstreamTLS(chains[0].GetTransportSocket(), p.field("filter_chains").index(0).field("transport_socket"))
 	fp := p.field("filter_chains").index(0).field("filters")
 	filters := chains[0].GetFilters()
 	for i, f := range filters {
@@ -155,8 +157,15 @@ func (c *compiler) hcm(h *hcmv3.HttpConnectionManager, p path) *HCM {
 		out.Codec = CodecAuto
 	case hcmv3.HttpConnectionManager_HTTP1:
 		out.Codec = CodecHTTP1
+	case hcmv3.HttpConnectionManager_HTTP2:
+		out.Codec = CodecHTTP2
 	default:
-		c.fail(p.field("codec_type"), "codec_type %s is not supported yet", h.GetCodecType())
+		c.fail(p.field("codec_type"), "codec_type %s is not supported by switchyard (HTTP/3 and QUIC are not implemented)", h.GetCodecType())
+	}
+	out.HTTP2 = http2Options(h.GetHttp2ProtocolOptions(), h.GetStreamErrorOnInvalidHttpMessage())
+	if se := h.GetStreamErrorOnInvalidHttpMessage(); se.GetValue() && out.Codec != CodecHTTP2 {
+		c.warn(p.field("stream_error_on_invalid_http_message"), "applies to HTTP/2 only in switchyard: "+
+			"a malformed HTTP/1.1 request still closes its connection (Envoy would keep it open when the request was read whole)")
 	}
 	out.HTTPFilters = c.filterChain(h.GetHttpFilters(), p.field("http_filters"), "router must be the last filter in http_filters")
 	names := map[string]bool{}
@@ -289,9 +298,9 @@ func (c *compiler) route(r *routev3.Route, p path, filters map[string]bool) *Rou
 	case *routev3.Route_Route:
 		out.Action = c.routeAction(a.Route, p.field("route"))
 	case *routev3.Route_DirectResponse:
-		out.DirectResponse = &DirectResponse{
-			Status: int(a.DirectResponse.GetStatus()),
-			Body:   a.DirectResponse.GetBody().GetInlineString(),
+		out.DirectResponse = &DirectResponse{Status: int(a.DirectResponse.GetStatus())}
+		if b := a.DirectResponse.GetBody(); b != nil { // Envoy reads a body file at load, too
+			out.DirectResponse.Body = string(c.dataSource(b, p.field("direct_response").field("body")))
 		}
 	default:
 		c.fail(p, "a route or direct_response action is required")
@@ -549,6 +558,8 @@ func (c *compiler) cluster(cl *clusterv3.Cluster, p path) *Cluster {
 			out.Endpoints = append(out.Endpoints, Endpoint{Host: host, Port: port, Weight: uint32(uint32Or(lbe.GetLoadBalancingWeight(), 1))})
 		}
 	}
+	out.TLS = c.upstreamTLS(cl.GetTransportSocket(), p.field("transport_socket"))
+	c.upstreamProtocol(cl, out, p)
 	if out.Type == LogicalDNS && len(out.Endpoints) != 1 {
 		c.fail(p.field("load_assignment"), "LOGICAL_DNS clusters must have a single locality_lb_endpoint and a single lb_endpoint")
 	}

@@ -35,6 +35,7 @@ const base = `static_resources:
           #FILTERS
           - name: envoy.filters.http.router
             typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
+      #CHAIN
   clusters:
   - name: backend
     #CLUSTER
@@ -93,4 +94,34 @@ func asError(t *testing.T, err error) *Error {
 		t.Fatalf("error %v (%T) is not a *Error", err, err)
 	}
 	return e
+}
+
+// parseErrorCase is a config that must fail to load with a given *Error.
+type parseErrorCase struct {
+	name   string
+	doc    string
+	path   string // exact Error.Path
+	msg    string // substring of Error.Msg
+	lineAt string // the error's line is the first line containing this; "" to skip the check
+}
+
+func runParseErrors(t *testing.T, tests []parseErrorCase) {
+	t.Helper()
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse("test.yaml", []byte(tt.doc))
+			if err == nil {
+				t.Fatalf("Parse succeeded, want error %q\n%s", tt.msg, tt.doc)
+			}
+			e := asError(t, err)
+			if e.File != "test.yaml" || e.Path != tt.path || !strings.Contains(e.Msg, tt.msg) {
+				t.Errorf("got file %q path %q msg %q\nwant path %q msg containing %q", e.File, e.Path, e.Msg, tt.path, tt.msg)
+			}
+			if tt.lineAt != "" {
+				if want := lineOf(t, tt.doc, tt.lineAt); e.Line != want {
+					t.Errorf("line %d, want %d (%q); error: %v", e.Line, want, tt.lineAt, e)
+				}
+			}
+		})
+	}
 }

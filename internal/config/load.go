@@ -8,14 +8,14 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	// Registered so that "@type" URLs in typed_config resolve. The access loggers are only
-	// accepted (and ignored) under admin; HttpProtocolOptions is resolved so that a cluster
-	// using it gets a clear "HTTP/2 upstreams are not supported yet" instead of "unknown type".
+	// accepted (and ignored) under admin.
 	_ "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/file/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/stream/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/buffer/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 )
 

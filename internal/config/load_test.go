@@ -20,13 +20,7 @@ const (
 
 func TestParseErrors(t *testing.T) {
 	const routerTC = `typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}`
-	tests := []struct {
-		name   string
-		doc    string
-		path   string // exact Error.Path
-		msg    string // substring of Error.Msg
-		lineAt string // the error's line is the first line containing this
-	}{
+	tests := []parseErrorCase{
 		{
 			name: "unsupported HCM field tracing",
 			doc:  conf(t, "#HCM", "tracing: {}"),
@@ -38,22 +32,24 @@ func TestParseErrors(t *testing.T) {
 			path: routePath + ".route.cors", msg: `field "cors" is not supported by switchyard`, lineAt: "cors:",
 		},
 		{
-			name: "cluster transport_socket",
+			name: "cluster transport_socket without typed_config",
 			doc:  conf(t, "#CLUSTER", "transport_socket:\n  name: envoy.transport_sockets.tls"),
-			path: "static_resources.clusters[0].transport_socket", msg: `field "transport_socket" is not supported by switchyard; TLS is not supported yet`, lineAt: "transport_socket:",
+			path: "static_resources.clusters[0].transport_socket", msg: `transport socket "envoy.transport_sockets.tls" has no typed_config`, lineAt: "transport_socket:",
 		},
 		{
-			name: "cluster HTTP/2 protocol options",
-			doc: conf(t, "#CLUSTER", `typed_extension_protocol_options:
-  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-    "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-    explicit_http_config: {http2_protocol_options: {}}`),
-			path: "static_resources.clusters[0].typed_extension_protocol_options", msg: "HTTP/2 upstreams are not supported yet", lineAt: "typed_extension_protocol_options:",
+			name: "unsupported Http2ProtocolOptions field",
+			doc:  conf(t, "#HCM", "http2_protocol_options:\n  allow_connect: true\n  hpack_table_size: 0"),
+			path: hcmPath + ".http2_protocol_options.hpack_table_size", msg: `field "hpack_table_size" is not supported by switchyard; the HPACK table size is fixed`, lineAt: "hpack_table_size:",
 		},
 		{
-			name: "HCM http2_protocol_options with a setting",
-			doc:  conf(t, "#HCM", "http2_protocol_options:\n  allow_connect: true"),
-			path: hcmPath + ".http2_protocol_options.allow_connect", msg: "HTTP/2 is not supported yet", lineAt: "allow_connect:",
+			name: "Http2ProtocolOptions field without an explanation of its own",
+			doc:  conf(t, "#HCM", "http2_protocol_options:\n  max_metadata_size: 1"),
+			path: hcmPath + ".http2_protocol_options.max_metadata_size", msg: "switchyard implements allow_connect", lineAt: "max_metadata_size:",
+		},
+		{
+			name: "Http2ProtocolOptions out of range fails ValidateAll",
+			doc:  conf(t, "#HCM", "http2_protocol_options:\n  initial_stream_window_size: 100"),
+			path: hcmPath + ".http2_protocol_options.initial_stream_window_size", msg: "value must be inside range", lineAt: "initial_stream_window_size:",
 		},
 		{
 			name: "rds",
@@ -178,9 +174,9 @@ func TestParseErrors(t *testing.T) {
 			path: hcmPath + ".route_config.virtual_hosts[1].domains[0]", msg: "Only a single wildcard domain is permitted", lineAt: "# again",
 		},
 		{
-			name: "HTTP2 codec",
-			doc:  conf(t, "#HCM", "codec_type: http2"),
-			path: hcmPath + ".codec_type", msg: "codec_type HTTP2 is not supported yet", lineAt: "codec_type",
+			name: "HTTP3 codec",
+			doc:  conf(t, "#HCM", "codec_type: http3"),
+			path: hcmPath + ".codec_type", msg: "codec_type HTTP3 is not supported by switchyard", lineAt: "codec_type",
 		},
 		{
 			name: "legacy buffer without typed_config",
@@ -250,23 +246,7 @@ func TestParseErrors(t *testing.T) {
 			path: "", msg: "invalid YAML", lineAt: "",
 		},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			_, err := Parse("test.yaml", []byte(tt.doc))
-			if err == nil {
-				t.Fatalf("Parse succeeded, want error %q\n%s", tt.msg, tt.doc)
-			}
-			e := asError(t, err)
-			if e.File != "test.yaml" || e.Path != tt.path || !strings.Contains(e.Msg, tt.msg) {
-				t.Errorf("got file %q path %q msg %q\nwant path %q msg containing %q", e.File, e.Path, e.Msg, tt.path, tt.msg)
-			}
-			if tt.lineAt != "" {
-				if want := lineOf(t, tt.doc, tt.lineAt); e.Line != want {
-					t.Errorf("line %d, want %d (%q); error: %v", e.Line, want, tt.lineAt, e)
-				}
-			}
-		})
-	}
+	runParseErrors(t, tests)
 }
 
 func TestUnknownClusterMessage(t *testing.T) {
@@ -343,6 +323,11 @@ func TestDefaults(t *testing.T) {
 		{"cluster circuit breakers", [3]int{c.MaxConnections, c.MaxPending, c.MaxRequests}, [3]int{1024, 1024, 1024}},
 		{"cluster buffer limit", c.BufferLimit, 1 << 20},
 		{"endpoint", c.Endpoints[0], Endpoint{Host: "127.0.0.1", Port: 8080, Weight: 1}},
+		{"hcm http2 options", *h.HTTP2, HTTP2Options{}},
+		{"listener cleartext", l.TLS == nil, true},
+		{"cluster protocol", c.Protocol, UpstreamHTTP1},
+		{"cluster http2 options", *c.HTTP2, HTTP2Options{}},
+		{"cluster cleartext", c.TLS == nil, true},
 		{"admin", s.Admin == nil, true},
 		{"warnings", len(s.Warnings), 0},
 	}
@@ -360,10 +345,6 @@ func TestZeroTimeoutsDisable(t *testing.T) {
 	if h.StreamIdleTimeout != 0 || h.IdleTimeout != 0 || a.Timeout != 0 || a.IdleTimeout == nil || *a.IdleTimeout != 0 {
 		t.Errorf("stream idle %v, conn idle %v, route timeout %v, route idle %v; want all 0", h.StreamIdleTimeout, h.IdleTimeout, a.Timeout, a.IdleTimeout)
 	}
-}
-
-func TestHTTP2OptionsEmptyAccepted(t *testing.T) {
-	parse(t, conf(t, "#HCM", "http2_protocol_options: {}"))
 }
 
 const jsonConfig = `{

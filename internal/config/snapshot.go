@@ -61,7 +61,7 @@ type Listener struct {
 // TLSServer is a compiled DownstreamTlsContext.
 type TLSServer struct {
 	Certificates []CertificatePair // tls_certificates, each from filename or inline_string
-	ALPN         []string          // common_tls_context.alpn_protocols; empty: Envoy's default ("h2,http/1.1" when the codec allows HTTP/2)
+	ALPN         []string          // common_tls_context.alpn_protocols; empty: no ALPN (HTTP/1.1), as in Envoy
 }
 
 // CertificatePair is one tls_certificates entry, PEM-encoded.
@@ -105,7 +105,7 @@ const (
 // CodecType is the HCM codec_type.
 type CodecType int
 
-// Codec types. Only AUTO and HTTP1 are served until the HTTP/2 codec lands.
+// Codec types: AUTO tells HTTP/2 from HTTP/1.1 by ALPN (TLS) or the client preface (cleartext).
 const (
 	CodecAuto CodecType = iota
 	CodecHTTP1

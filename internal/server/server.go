@@ -215,27 +215,16 @@ func (s *Server) Close() {
 	}
 }
 
-// serverTLS builds a listener's TLS config. ALPN defaults to what the codec can speak, as Envoy's
-// does: h2 and http/1.1 for AUTO, one of them for a fixed codec_type.
+// serverTLS builds a listener's TLS config. As in Envoy, ALPN is offered only when
+// alpn_protocols lists it: without it, clients speak HTTP/1.1.
 func serverTLS(l *config.Listener) (*tls.Config, error) {
-	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, NextProtos: l.TLS.ALPN}
 	for _, c := range l.TLS.Certificates {
 		pair, err := tls.X509KeyPair(c.CertPEM, c.KeyPEM)
 		if err != nil {
 			return nil, err
 		}
 		tc.Certificates = append(tc.Certificates, pair)
-	}
-	tc.NextProtos = l.TLS.ALPN
-	if len(tc.NextProtos) == 0 {
-		switch l.HCM.Codec {
-		case config.CodecHTTP1:
-			tc.NextProtos = []string{"http/1.1"}
-		case config.CodecHTTP2:
-			tc.NextProtos = []string{"h2"}
-		default:
-			tc.NextProtos = []string{"h2", "http/1.1"}
-		}
 	}
 	return tc, nil
 }
