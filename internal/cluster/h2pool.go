@@ -65,8 +65,11 @@ func (c *Cluster) AcquireH2(ctx context.Context) (*H2Conn, error) {
 	p.conns = append(p.conns, cc)
 	p.wg.Add(1)
 	p.mu.Unlock()
+	c.Stats.UpstreamCxHTTP2Total.Inc()
+	c.Stats.UpstreamCxHTTP2Active.Inc()
 	go func() {
 		defer p.wg.Done()
+		defer c.Stats.UpstreamCxHTTP2Active.Dec()
 		<-cc.Done()
 		p.mu.Lock()
 		for i, x := range p.conns {

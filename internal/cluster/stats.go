@@ -23,6 +23,8 @@ type Stats struct {
 	UpstreamRqPendingOverflow *stats.Counter `stat:"upstream_rq_pending_overflow"`
 	UpstreamRqPendingTotal    *stats.Counter `stat:"upstream_rq_pending_total"`
 	UpstreamCxActive          *stats.Gauge   `stat:"upstream_cx_active"`
+	UpstreamCxHTTP2Total      *stats.Counter `stat:"upstream_cx_http2_total"`
+	UpstreamCxHTTP2Active     *stats.Gauge   `stat:"upstream_cx_http2_active"` // not in Envoy: pooled multiplexed connections (each holds reader, writer and watcher goroutines)
 	UpstreamRqActive          *stats.Gauge   `stat:"upstream_rq_active"`
 	UpstreamRqPendingActive   *stats.Gauge   `stat:"upstream_rq_pending_active"`
 	MembershipTotal           *stats.Gauge   `stat:"membership_total"`

@@ -37,7 +37,9 @@ var connectionSpecific = []string{"connection", "upgrade", "keep-alive", "proxy-
 
 // CheckFields applies RFC 9113 §8.2 to a decoded header block: lower-case names, no
 // connection-specific fields, TE only "trailers", pseudo-headers first and known, no CR/LF/NUL in
-// values. isRequest selects the allowed pseudo-headers.
+// values. isRequest selects the allowed pseudo-headers. A headers.Map lower-cases names and keeps
+// pseudo-headers first, so on a Map the case and order checks here cannot fail: a decoder applies
+// those two rules with AddWireField while it builds the Map.
 func CheckFields(h *headers.Map, isRequest bool) error {
 	regular := false
 	seen := map[string]bool{}
@@ -79,10 +81,42 @@ func CheckFields(h *headers.Map, isRequest bool) error {
 				return malformed("te other than trailers")
 			}
 		}
-		if !headers.ValidValue(f.Value) || strings.TrimSpace(f.Value) != f.Value && f.Value != "" {
+		if !validFieldValue(f.Value) {
 			return malformed("invalid value for %s", f.Name)
 		}
 	}
+	return nil
+}
+
+// validFieldValue applies RFC 9113 §8.2.1: no CR, LF, NUL (nor other controls, RFC 9110 §5.5),
+// and no SP or HTAB at either end. Only ASCII whitespace counts: strings.TrimSpace would also
+// trim Unicode spaces such as U+0085 and reject a valid obs-text value.
+func validFieldValue(v string) bool {
+	if !headers.ValidValue(v) {
+		return false
+	}
+	return v == "" || (v[0] != ' ' && v[0] != '\t' && v[len(v)-1] != ' ' && v[len(v)-1] != '\t')
+}
+
+// AddWireField appends one decoded HPACK field to h. It applies the two RFC 9113 rules that
+// CheckFields cannot see once a block is in a headers.Map, because the Map lower-cases names and
+// keeps pseudo-headers first: a field name with an upper-case letter is malformed (§8.2.1), and
+// so is a pseudo-header after a regular field (§8.3). sawRegular carries the order across the
+// fields of one block (start it false). Run CheckFields on the finished Map for the other rules.
+func AddWireField(h *headers.Map, name, value string, sawRegular *bool) error {
+	if strings.HasPrefix(name, ":") {
+		if *sawRegular {
+			return malformed("pseudo-header %s after a regular field", name)
+		}
+	} else {
+		*sawRegular = true
+		for i := 0; i < len(name); i++ {
+			if c := name[i]; 'A' <= c && c <= 'Z' {
+				return malformed("upper-case field name %q", name)
+			}
+		}
+	}
+	h.Add(name, value)
 	return nil
 }
 
@@ -129,6 +163,15 @@ func RequestFromH2(h *headers.Map, allowConnect bool) (extended bool, err error)
 		}
 	}
 	h.Del("host")
+	if err := checkRequestLine(h); err != nil {
+		return false, err
+	}
+	if extended || method == "CONNECT" {
+		// RFC 9110 §9.3.6: a CONNECT has no content; the stream's bytes are tunnel payload. A
+		// Content-Length here would frame them as a body on the next HTTP/1.1 hop (security
+		// catalog #25c), so it is dropped rather than forwarded.
+		h.Del("content-length")
+	}
 	// RFC 9113 §8.2.3: cookie crumbs are joined with "; " for an HTTP/1.1 hop.
 	if cs := h.Values("cookie"); len(cs) > 1 {
 		h.Set("cookie", strings.Join(cs, "; "))
@@ -136,13 +179,56 @@ func RequestFromH2(h *headers.Map, allowConnect bool) (extended bool, err error)
 	return extended, nil
 }
 
+// checkRequestLine keeps the pseudo-headers that become an HTTP/1.1 request line safe to write
+// there: :method is a token (RFC 9110 §9.1; "GET /admin" must not split a request line), :path
+// has no space and is origin-form ("/...") or "*" for OPTIONS when the scheme is http(s) (RFC 9113
+// §8.3.1), :scheme is a URI scheme and :authority has no space. CheckFields has already refused
+// control characters.
+func checkRequestLine(h *headers.Map) error {
+	method := h.Get(headers.Method)
+	if !headers.ValidName(method) {
+		return malformed("invalid :method %q", method)
+	}
+	if path, ok := h.Lookup(headers.Path); ok {
+		if strings.ContainsAny(path, " ") {
+			return malformed("space in :path")
+		}
+		scheme := h.Get(headers.Scheme)
+		if (scheme == "http" || scheme == "https") && !strings.HasPrefix(path, "/") &&
+			(path != "*" || method != "OPTIONS") {
+			return malformed("invalid :path %q", path)
+		}
+	}
+	if scheme, ok := h.Lookup(headers.Scheme); ok && !validScheme(scheme) {
+		return malformed("invalid :scheme %q", scheme)
+	}
+	if strings.ContainsAny(h.Get(headers.Authority), " ") {
+		return malformed("space in :authority")
+	}
+	return nil
+}
+
+// validScheme reports whether s is an RFC 3986 §3.1 scheme: ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ).
+func validScheme(s string) bool {
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z':
+		case i > 0 && ('0' <= c && c <= '9' || c == '+' || c == '-' || c == '.'):
+		default:
+			return false
+		}
+	}
+	return s != ""
+}
+
 // ResponseToH2 turns an internal response into the header block sent to an HTTP/2 client, in place.
 // extended says the request was an extended CONNECT: its 101 becomes a 200 (RFC 8441 §5), without
-// Upgrade, Connection, Sec-WebSocket-Accept (not used over HTTP/2) or a zero Content-Length.
+// Upgrade, Connection or a zero Content-Length. A Sec-WebSocket-Accept stays: it answers a key the
+// client sent (an HTTP/1.1 client behind an earlier hop needs it); when the proxy made the key up,
+// the HTTP/1.1 upstream side has already removed it.
 func ResponseToH2(h *headers.Map, extended bool) error {
 	if extended && h.Get(headers.Status) == "101" {
 		h.Set(headers.Status, "200")
-		h.Del("sec-websocket-accept")
 		if h.Get("content-length") == "0" {
 			h.Del("content-length")
 		}

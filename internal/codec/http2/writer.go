@@ -1,0 +1,258 @@
+package http2
+
+import (
+	"net"
+	"time"
+
+	h2 "golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+
+	"github.com/switchyard-proxy/switchyard/headers"
+)
+
+// outKind is what an outFrame asks the writer to do.
+type outKind uint8
+
+const (
+	outSettings outKind = iota
+	outSettingsAck
+	outPing
+	outGoAway
+	outRST
+	outWindowUpdate
+	outHeaders
+	outData
+	outTableSize  // apply the peer's SETTINGS_HEADER_TABLE_SIZE to our HPACK encoder
+	outCloseWrite // flush, half-close the socket and stop: the last item after a final GOAWAY
+)
+
+// outFrame is one entry of the write queue. Values, not pointers, so the queue's two slices are
+// reused and queueing a frame does not allocate.
+type outFrame struct {
+	kind outKind
+	end  bool   // END_STREAM for HEADERS/DATA, ACK for PING
+	id   uint32 // stream id; the last stream id for GOAWAY
+	val  uint32 // error code, window increment or table size
+	ping [8]byte
+	s    *ServerStream
+	hdr  *headers.Map
+	data []byte // DATA payload (the handler's own slice) or GOAWAY debug data
+}
+
+// control reports whether f counts against MaxOutboundControlFrames: the frames a peer can make
+// us send without sending requests (Envoy's outbound control frame accounting).
+func (f *outFrame) control() bool {
+	return f.kind == outSettingsAck || f.kind == outRST || (f.kind == outPing && f.end)
+}
+
+// enqueueLocked appends f to the write queue. Past the outbound limits the peer is not reading
+// what it makes us write: the connection is closed at once (outbound_flood /
+// outbound_control_flood) and enqueueLocked reports false.
+func (c *ServerConn) enqueueLocked(f outFrame) bool {
+	if c.closed || c.writerClosed || c.closeWriteQueued {
+		return false
+	}
+	if c.queued >= c.cfg.MaxOutboundFrames {
+		c.stats.OutboundFlood.Inc()
+		c.abortLocked(errOutboundFlood)
+		return false
+	}
+	if f.control() {
+		if c.queuedControl >= c.cfg.MaxOutboundControlFrames {
+			c.stats.OutboundControlFlood.Inc()
+			c.abortLocked(errOutboundFlood)
+			return false
+		}
+		c.queuedControl++
+	}
+	if f.kind == outCloseWrite {
+		c.closeWriteQueued = true
+	}
+	c.queued++
+	c.queue = append(c.queue, f)
+	c.wcond.Signal()
+	return true
+}
+
+// writeLoop is the connection's only writer: it owns the Framer's write side, the HPACK encoder
+// and the buffered socket writer. It takes the whole queue at a time, writes it, and flushes when
+// nothing more is waiting. Frames stay counted against the outbound limits until written.
+func (c *ServerConn) writeLoop() {
+	var batch []outFrame
+	defer c.writerExit(&batch)
+	for {
+		c.mu.Lock()
+		for len(c.queue) == 0 && !c.closed {
+			c.wcond.Wait()
+		}
+		if c.closed {
+			c.mu.Unlock()
+			return
+		}
+		batch, c.queue = c.queue, batch[:0]
+		c.mu.Unlock()
+
+		var err error
+		stop := false
+		control := 0
+		for i := range batch {
+			f := &batch[i]
+			if f.control() {
+				control++
+			}
+			if stop, err = c.writeFrame(f); err != nil || stop {
+				break
+			}
+		}
+		c.mu.Lock()
+		c.queued -= len(batch)
+		c.queuedControl -= control
+		more := len(c.queue) > 0
+		c.mu.Unlock()
+		if err == nil && (!more || stop) {
+			err = c.bw.Flush()
+		}
+		if err != nil {
+			c.mu.Lock()
+			c.abortLocked(err)
+			c.mu.Unlock()
+			return
+		}
+		if stop {
+			if cw, ok := c.nc.(interface{ CloseWrite() error }); ok {
+				_ = cw.CloseWrite()
+			}
+			return
+		}
+		clear(batch)
+	}
+}
+
+// writerExit wakes every handler whose DATA will now never be written.
+func (c *ServerConn) writerExit(batch *[]outFrame) {
+	c.mu.Lock()
+	c.writerClosed = true
+	for _, s := range c.active {
+		s.dataQueued = false
+		s.cond.Broadcast()
+	}
+	clear(*batch)
+	clear(c.queue)
+	c.queue = c.queue[:0]
+	c.mu.Unlock()
+	close(c.writerDone)
+}
+
+// writeFrame writes one queued item; stop is set for outCloseWrite.
+func (c *ServerConn) writeFrame(f *outFrame) (stop bool, err error) {
+	switch f.kind {
+	case outSettings:
+		err = c.fr.WriteSettings(c.settings()...)
+	case outSettingsAck:
+		err = c.fr.WriteSettingsAck()
+	case outPing:
+		err = c.fr.WritePing(f.end, f.ping)
+	case outGoAway:
+		err = c.fr.WriteGoAway(f.id, h2.ErrCode(f.val), f.data)
+	case outRST:
+		err = c.fr.WriteRSTStream(f.id, h2.ErrCode(f.val))
+	case outWindowUpdate:
+		err = c.fr.WriteWindowUpdate(f.id, f.val)
+	case outTableSize:
+		c.henc.SetMaxDynamicTableSizeLimit(f.val)
+	case outHeaders:
+		err = c.writeHeaders(f)
+	case outData:
+		err = c.writeData(f)
+	case outCloseWrite:
+		return true, nil
+	}
+	return false, err
+}
+
+// settings are the SETTINGS we announce: a server never sends ENABLE_PUSH (RFC 9113 §6.5.2), and
+// ENABLE_CONNECT_PROTOCOL only when the listener allows RFC 8441.
+func (c *ServerConn) settings() []h2.Setting {
+	s := []h2.Setting{
+		{ID: h2.SettingMaxConcurrentStreams, Val: c.cfg.MaxConcurrentStreams},
+		{ID: h2.SettingInitialWindowSize, Val: c.cfg.InitialStreamWindowSize},
+		{ID: h2.SettingMaxHeaderListSize, Val: c.cfg.MaxHeaderListSize},
+	}
+	if c.cfg.AllowConnect {
+		s = append(s, h2.Setting{ID: h2.SettingEnableConnectProtocol, Val: 1})
+	}
+	return s
+}
+
+// streamState reads, under the lock, whether f's stream was reset (its frames are dropped: RFC
+// 9113 §5.1 forbids DATA after RST_STREAM) and the peer's current maximum frame size.
+func (c *ServerConn) streamState(s *ServerStream) (dead bool, maxFrame int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return s.err != nil, int(c.peerMaxFrame)
+}
+
+func (c *ServerConn) writeHeaders(f *outFrame) error {
+	dead, maxFrame := c.streamState(f.s)
+	if dead {
+		return nil
+	}
+	c.hbuf.Reset()
+	for _, hf := range f.hdr.Fields() {
+		if err := c.henc.WriteField(hpack.HeaderField{Name: hf.Name, Value: hf.Value}); err != nil {
+			return err
+		}
+	}
+	block := c.hbuf.Bytes()
+	n := min(len(block), maxFrame)
+	err := c.fr.WriteHeaders(h2.HeadersFrameParam{
+		StreamID: f.id, BlockFragment: block[:n], EndStream: f.end, EndHeaders: n == len(block),
+	})
+	for block = block[n:]; err == nil && len(block) > 0; block = block[n:] {
+		n = min(len(block), maxFrame)
+		err = c.fr.WriteContinuation(f.id, n == len(block), block[:n])
+	}
+	return err
+}
+
+func (c *ServerConn) writeData(f *outFrame) error {
+	s := f.s
+	dead, maxFrame := c.streamState(s)
+	var err error
+	if !dead {
+		for p := f.data; ; {
+			n := min(len(p), maxFrame)
+			if err = c.fr.WriteData(f.id, f.end && n == len(p), p[:n]); err != nil {
+				break
+			}
+			c.dataFramesSent.Add(1)
+			if p = p[n:]; len(p) == 0 {
+				break
+			}
+		}
+	}
+	c.mu.Lock()
+	if dead && len(f.data) > 0 {
+		c.sendWin += int64(len(f.data)) // never sent: the connection window is not spent
+		c.wakeWritersLocked()
+	}
+	s.dataQueued = false
+	s.dataWritten = !dead && err == nil
+	s.cond.Broadcast()
+	c.mu.Unlock()
+	return err
+}
+
+// deadlineWriter gives every socket write its own deadline, so a peer that stops reading holds
+// the writer (and, through the outbound limits, the connection) for at most timeout.
+type deadlineWriter struct {
+	nc      net.Conn
+	timeout time.Duration
+}
+
+func (w deadlineWriter) Write(p []byte) (int, error) {
+	if err := w.nc.SetWriteDeadline(time.Now().Add(w.timeout)); err != nil {
+		return 0, err
+	}
+	return w.nc.Write(p)
+}
