@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"crypto/tls"
 	"sync"
 
 	"github.com/switchyard-proxy/switchyard/internal/codec/http2"
@@ -56,6 +57,13 @@ func (c *Cluster) AcquireH2(ctx context.Context) (*H2Conn, error) {
 	if err != nil {
 		return nil, err
 	}
+	return c.adoptH2(h, pc)
+}
+
+// adoptH2 starts the HTTP/2 client on a freshly dialed connection and pools it.
+func (c *Cluster) adoptH2(h *Host, pc *pconn) (*H2Conn, error) {
+	p := &h.h2
+	pc.r, pc.w = nil, nil // the HTTP/2 codec has its own buffers
 	cc, err := client.NewClientConn(pc.conn, h2ClientConfig(c.Config.HTTP2, c.h2stats))
 	if err != nil {
 		pc.close()
@@ -82,6 +90,49 @@ func (c *Cluster) AcquireH2(ctx context.Context) (*H2Conn, error) {
 		pc.close()
 	}()
 	return &H2Conn{ClientConn: cc, Host: h}, nil
+}
+
+// AcquireAuto serves auto_config clusters: the protocol is whatever TLS ALPN chose when the
+// connection was made. It returns a pooled HTTP/2 connection with room, or an idle HTTP/1.1
+// one, or dials and lets ALPN decide. Exactly one of the results is non-nil on success.
+func (c *Cluster) AcquireAuto(ctx context.Context) (*Lease, *H2Conn, error) {
+	if err := c.WaitReady(ctx); err != nil {
+		return nil, nil, err
+	}
+	h := c.hostSet().pick(c.Config.LBPolicy)
+	if h == nil {
+		c.Stats.UpstreamCxNoneHealthy.Inc()
+		return nil, nil, ErrNoHealthyUpstream
+	}
+	h.h2.mu.Lock()
+	for _, cc := range h.h2.conns {
+		if cc.Available() {
+			h.h2.mu.Unlock()
+			return nil, &H2Conn{ClientConn: cc, Host: h}, nil
+		}
+	}
+	h.h2.mu.Unlock()
+	if pc := h.pool.take(); pc != nil {
+		h.rqActive.Add(1)
+		return &Lease{Conn: pc.conn, Reader: pc.r, Writer: pc.w, Host: h, Reused: true, pc: pc}, nil, nil
+	}
+	select {
+	case c.cx <- struct{}{}:
+	default:
+		c.Stats.UpstreamCxOverflow.Inc()
+		c.Stats.UpstreamRqPendingOverflow.Inc()
+		return nil, nil, ErrOverflow
+	}
+	pc, err := c.dial(ctx, h)
+	if err != nil {
+		return nil, nil, err
+	}
+	if tc, ok := pc.conn.(*tls.Conn); ok && tc.ConnectionState().NegotiatedProtocol == "h2" {
+		h2c, err := c.adoptH2(h, pc)
+		return nil, h2c, err
+	}
+	h.rqActive.Add(1)
+	return &Lease{Conn: pc.conn, Reader: pc.r, Writer: pc.w, Host: h, pc: pc}, nil, nil
 }
 
 // close closes every connection and waits for their watchers.

@@ -53,7 +53,7 @@ func newStats(st *stats.Store, cfg *config.HCM) *Stats {
 		CxRxBytes:            sc.Counter("downstream_cx_rx_bytes_total"), CxTxBytes: sc.Counter("downstream_cx_tx_bytes_total"),
 		CxActive: sc.Gauge("downstream_cx_active"), CxHTTP1Active: sc.Gauge("downstream_cx_http1_active"),
 		CxHTTP2Total: sc.Counter("downstream_cx_http2_total"), CxHTTP2Active: sc.Gauge("downstream_cx_http2_active"),
-		RqHTTP2Total:     sc.Counter("downstream_rq_http2_total"),
+		RqHTTP2Total: sc.Counter("downstream_rq_http2_total"), CxSSLTotal: sc.Counter("downstream_cx_ssl_total"),
 		CxUpgradesActive: sc.Gauge("downstream_cx_upgrades_active"), RqActive: sc.Gauge("downstream_rq_active"),
 		RqTotal: sc.Counter("downstream_rq_total"), RqHTTP1Total: sc.Counter("downstream_rq_http1_total"),
 		RqCompleted: sc.Counter("downstream_rq_completed"), RqWsOnNonWsRoute: sc.Counter("downstream_rq_ws_on_non_ws_route"),

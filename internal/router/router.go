@@ -2,6 +2,7 @@ package router
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -30,6 +31,9 @@ type StreamInfo interface {
 	// WebSocket without Sec-WebSocket-Key, which an HTTP/1.1 upstream needs.
 	ExtendedConnect() bool
 }
+
+// errUpgradeBodyOverH2 is an upgrade request with a body that would cross an HTTP/2 hop.
+var errUpgradeBodyOverH2 = errors.New("upgrade_request_with_body_over_http2")
 
 // Local reply bodies, as Envoy words them, so clients and dashboards that match on them keep working.
 const (
@@ -76,6 +80,10 @@ type routerFilter struct {
 	respAdd   [][]config.HeaderToAdd
 	respDel   [][]string
 	limit     int
+	// upgradeBody: the upgrade request declares a body. The seed: the HTTP/2 upgrade path will
+	// not proxy upgrade requests with bodies — an extended CONNECT's DATA is tunnel payload, so a
+	// body would silently become payload. Such a request gets 400 before anything goes upstream.
+	upgradeBody bool
 
 	mu          sync.Mutex // guards everything below
 	cond        *sync.Cond // signalled when queue, bodyEnd, direct or finished change
@@ -144,13 +152,13 @@ func (r *routerFilter) DecodeHeaders(h *headers.Map, end bool) filter.Status {
 		return filter.StopIteration
 	}
 	r.upgrade = r.cb.UpgradeType()
-	if r.upgrade != "" && r.cl.Config.Protocol == config.UpstreamHTTP2 {
-		// The seed: the HTTP/2 upgrade path will not proxy upgrade requests with bodies — an
-		// extended CONNECT's DATA is tunnel payload, so a body would silently become payload.
-		if cl := h.Get("content-length"); (cl != "" && cl != "0") || r.info.RequestChunked() {
-			r.cb.SendLocalReply(400, "", "upgrade_request_with_body_over_http2")
-			return filter.StopIteration
-		}
+	if r.upgrade != "" {
+		cl := h.Get("content-length")
+		r.upgradeBody = (cl != "" && cl != "0") || r.info.RequestChunked()
+	}
+	if r.upgradeBody && r.cl.Config.Protocol == config.UpstreamHTTP2 {
+		r.cb.SendLocalReply(400, "", errUpgradeBodyOverH2.Error())
+		return filter.StopIteration
 	}
 	r.method = h.Get(headers.Method)
 	r.hasBody = !end

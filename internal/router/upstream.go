@@ -103,6 +103,18 @@ func (r *routerFilter) fail(status int, body, details string) {
 // connect opens the attempt's exchange: a pooled HTTP/1.1 connection, or a stream on a shared
 // HTTP/2 connection.
 func (r *routerFilter) connect(ctx context.Context) (upstream, error) {
+	if r.cl.Config.Protocol == config.UpstreamAuto {
+		lease, cc, err := r.cl.AcquireAuto(ctx)
+		switch {
+		case err != nil:
+			return nil, err
+		case cc != nil && r.upgradeBody:
+			return nil, errUpgradeBodyOverH2
+		case cc != nil:
+			return &h2Upstream{ctx: ctx, cc: cc, upgrade: r.upgrade}, nil
+		}
+		return &h1Upstream{lease: lease, method: r.method, chunked: r.chunked, makeKey: r.info.ExtendedConnect()}, nil
+	}
 	if r.cl.Config.Protocol == config.UpstreamHTTP2 {
 		cc, err := r.cl.AcquireH2(ctx)
 		if err != nil {
@@ -126,6 +138,8 @@ func (r *routerFilter) attempt(canRetry func(failure) bool, isRetry bool) bool {
 		var ce *cluster.ConnectError
 		switch {
 		case ctx.Err() != nil:
+		case errors.Is(err, errUpgradeBodyOverH2):
+			r.fail(400, "", err.Error())
 		case errors.Is(err, cluster.ErrOverflow):
 			r.fail(503, bodyOverflow, "upstream_overflow")
 		case errors.Is(err, cluster.ErrNoHealthyUpstream):
