@@ -1,5 +1,6 @@
-// Package demo is the small WebSocket chat app that `switchyard demo` puts behind the proxy: a
-// page with a chat box, and a WebSocket endpoint that echoes each message to every open socket.
+// Package demo is the small WebSocket chat app that `switchyard demo` puts behind its front and
+// sidecar proxies: a page with a chat box, and a WebSocket endpoint that echoes each message to
+// every open socket.
 package demo
 
 import (
