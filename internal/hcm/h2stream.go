@@ -24,9 +24,12 @@ type h2Stream struct {
 
 func newH2Stream(st *http2.ServerStream, remote, scheme string) *h2Stream {
 	h := st.Headers()
+	// An extended CONNECT never ends with its headers, but its DATA is tunnel payload (RFC 8441
+	// §5), not a body of unknown length: counting it as one made the router refuse it (400)
+	// toward an HTTP/2 upstream.
 	return &h2Stream{st: st, ri: requestInfo{
 		bodyless:  st.EndStream(),
-		chunked:   !st.EndStream() && !h.Has("content-length"),
+		chunked:   !st.EndStream() && !h.Has("content-length") && !st.ExtendedConnect(),
 		keepAlive: true,
 		remote:    remote,
 		scheme:    scheme,

@@ -1,3 +1,5 @@
+//lint:file-ignore SA1019 the tests use x/net's own HTTP/2 server as a real peer on purpose
+
 package client
 
 import (
