@@ -40,7 +40,7 @@ func (c *Cluster) AcquireH2(ctx context.Context) (*H2Conn, error) {
 	p := &h.h2
 	p.mu.Lock()
 	for _, cc := range p.conns {
-		if cc.Available() {
+		if c.hasRoom(cc) {
 			p.mu.Unlock()
 			return &H2Conn{ClientConn: cc, Host: h}, nil
 		}
@@ -106,7 +106,7 @@ func (c *Cluster) AcquireAuto(ctx context.Context) (*Lease, *H2Conn, error) {
 	}
 	h.h2.mu.Lock()
 	for _, cc := range h.h2.conns {
-		if cc.Available() {
+		if c.hasRoom(cc) {
 			h.h2.mu.Unlock()
 			return nil, &H2Conn{ClientConn: cc, Host: h}, nil
 		}
@@ -133,6 +133,16 @@ func (c *Cluster) AcquireAuto(ctx context.Context) (*Lease, *H2Conn, error) {
 	}
 	h.rqActive.Add(1)
 	return &Lease{Conn: pc.conn, Reader: pc.r, Writer: pc.w, Host: h, pc: pc}, nil, nil
+}
+
+// hasRoom reports whether cc can take one more stream: under the peer's
+// SETTINGS_MAX_CONCURRENT_STREAMS and under the cluster's own http2_protocol_options
+// max_concurrent_streams.
+func (c *Cluster) hasRoom(cc *client.ClientConn) bool {
+	if o := c.Config.HTTP2; o != nil && o.MaxConcurrentStreams > 0 && cc.ActiveStreams() >= int(o.MaxConcurrentStreams) {
+		return false
+	}
+	return cc.Available()
 }
 
 // close closes every connection and waits for their watchers.
