@@ -27,7 +27,7 @@ func TestH2SpecAgainstProxy(t *testing.T) {
 		w.Write([]byte("ok"))
 	}))
 	t.Cleanup(app.Close)
-	cert, key := seedCert(t)
+	cert, key := harness.SelfSignedCert(t)
 	for _, tc := range []struct {
 		name, chain string
 		tls         bool

@@ -1,15 +1,6 @@
 package e2e
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -17,37 +8,6 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/switchyard-proxy/switchyard/internal/testing/harness"
 )
-
-// seedCert writes a self-signed certificate for 127.0.0.1 and its key, and returns the paths.
-func seedCert(t *testing.T) (certPath, keyPath string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "sidecar.test"},
-		DNSNames:     []string{"sidecar.test"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	certPath, keyPath = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	os.WriteFile(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
-	os.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600)
-	return certPath, keyPath
-}
 
 // TestSeedDeploymentOverTLSWithALPN runs the seed's deployment with TLS on the HTTP/2 hop and the
 // front's cluster on auto_config: ALPN picks HTTP/2 when the sidecar offers it and HTTP/1.1 when
@@ -66,7 +26,7 @@ func TestSeedDeploymentOverTLSWithALPN(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			app := echoServer(t)
-			cert, key := seedCert(t)
+			cert, key := harness.SelfSignedCert(t)
 			sidecarYAML := seedYAML("sidecar", "          codec_type: AUTO\n          http2_protocol_options: {allow_connect: true}",
 				portOf(t, app.Listener.Addr().String()), false, "[{upgrade_type: websocket}]")
 			sidecarYAML = strings.Replace(sidecarYAML, "    - filters:\n", `    - transport_socket:

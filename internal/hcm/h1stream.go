@@ -86,20 +86,12 @@ func (d *h1Stream) read(tunnelMode bool) (*[]byte, int, error) {
 	if d.body == nil {
 		d.body = http1.NewBodyReader(c.br, d.req.ContentLength, d.req.Chunked, false)
 	}
-	slab := buffer.GetSlab()
-	n, err := d.body.Read(*slab)
-	if n == 0 {
-		buffer.PutSlab(slab)
-		if err == nil {
-			err = io.ErrNoProgress
-		}
-		var pe *http1.ParseError
-		if errors.As(err, &pe) {
-			err = &badRequestError{pe}
-		}
-		return nil, 0, err
+	slab, n, err := tunnel.ReadSlabFrom(d.body)
+	var pe *http1.ParseError
+	if errors.As(err, &pe) {
+		err = &badRequestError{pe}
 	}
-	return slab, n, nil
+	return slab, n, err
 }
 
 // badRequestError is a request body the codec could not parse: the client gets a 400.

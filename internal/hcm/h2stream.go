@@ -2,13 +2,12 @@ package hcm
 
 import (
 	"context"
-	"io"
 	"net"
 
-	"github.com/switchyard-proxy/switchyard/buffer"
 	"github.com/switchyard-proxy/switchyard/headers"
 	"github.com/switchyard-proxy/switchyard/internal/codec/http2"
 	"github.com/switchyard-proxy/switchyard/internal/config"
+	"github.com/switchyard-proxy/switchyard/internal/tunnel"
 	h2 "golang.org/x/net/http2"
 )
 
@@ -39,18 +38,7 @@ func newH2Stream(st *http2.ServerStream, remote, scheme string) *h2Stream {
 
 func (d *h2Stream) info() *requestInfo { return &d.ri }
 
-func (d *h2Stream) read(bool) (*[]byte, int, error) {
-	slab := buffer.GetSlab()
-	n, err := d.st.Read(*slab)
-	if n == 0 {
-		buffer.PutSlab(slab)
-		if err == nil {
-			err = io.ErrNoProgress
-		}
-		return nil, 0, err
-	}
-	return slab, n, nil
-}
+func (d *h2Stream) read(bool) (*[]byte, int, error) { return tunnel.ReadSlabFrom(d.st) }
 
 // continue100 is not needed: an HTTP/2 client does not wait for 100 unless it asked, and Expect
 // was removed from the request.

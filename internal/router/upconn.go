@@ -163,16 +163,7 @@ func (u *h1Upstream) read() (*[]byte, int, error) {
 	if u.body == nil {
 		return nil, 0, io.EOF
 	}
-	slab := buffer.GetSlab()
-	n, err := u.body.Read(*slab)
-	if n == 0 {
-		buffer.PutSlab(slab)
-		if err == nil {
-			err = io.ErrNoProgress
-		}
-		return nil, 0, err
-	}
-	return slab, n, nil
+	return tunnel.ReadSlabFrom(u.body)
 }
 
 func (u *h1Upstream) openTunnel() {
@@ -234,18 +225,7 @@ func (u *h2Upstream) response() (*upResponse, error) {
 	return r, nil
 }
 
-func (u *h2Upstream) read() (*[]byte, int, error) {
-	slab := buffer.GetSlab()
-	n, err := u.st.Read(*slab)
-	if n == 0 {
-		buffer.PutSlab(slab)
-		if err == nil {
-			err = io.ErrNoProgress
-		}
-		return nil, 0, err
-	}
-	return slab, n, nil
-}
+func (u *h2Upstream) read() (*[]byte, int, error) { return tunnel.ReadSlabFrom(u.st) }
 
 func (u *h2Upstream) openTunnel() {}
 

@@ -59,8 +59,14 @@ func ReadSlab(c net.Conn) (*[]byte, int, error) {
 	if err := WaitReadable(c); err != nil {
 		return nil, 0, err
 	}
+	return ReadSlabFrom(c)
+}
+
+// ReadSlabFrom reads from r (a body reader, an HTTP/2 stream) into a pooled slab, with ReadSlab's
+// contract: n > 0 with a nil error, or no slab and an error (io.EOF at the end).
+func ReadSlabFrom(r io.Reader) (*[]byte, int, error) {
 	slab := buffer.GetSlab()
-	n, err := c.Read(*slab)
+	n, err := r.Read(*slab)
 	if n == 0 {
 		buffer.PutSlab(slab)
 		if err == nil {
