@@ -16,6 +16,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/switchyard-proxy/switchyard/internal/config"
 	"github.com/switchyard-proxy/switchyard/internal/server"
@@ -32,6 +33,8 @@ type options struct {
 	mode       string
 	logLevel   string
 	version    bool
+	drainTime  time.Duration
+	drainStrat string
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
@@ -47,11 +50,20 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		fs.StringVar(&o.logLevel, n, "info", "trace | debug | info | warning | warn | error | critical | off")
 	}
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
+	drainSecs := fs.Int("drain-time-s", 600, "how long established connections and tunnels may run after SIGTERM or /drain_listeners before they are closed")
+	fs.StringVar(&o.drainStrat, "drain-strategy", "gradual", "gradual | immediate (both drain at once for now: every response gets Connection: close and HTTP/2 a GOAWAY)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if *drainSecs < 0 {
+		return nil, fmt.Errorf("--drain-time-s must not be negative")
+	}
+	o.drainTime = time.Duration(*drainSecs) * time.Second
+	if o.drainStrat != "gradual" && o.drainStrat != "immediate" {
+		return nil, fmt.Errorf("--drain-strategy %q: want gradual or immediate", o.drainStrat)
 	}
 	return o, nil
 }
@@ -117,11 +129,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "switchyard: --mode %q is not supported (serve, validate)\n", o.mode)
 		return 1
 	}
-	return serve(snap, log, stdout)
+	return serve(snap, log, o.drainTime)
 }
 
 // serve runs the proxy until a signal or /quitquitquit.
-func serve(snap *config.Snapshot, log *slog.Logger, stdout io.Writer) int {
+func serve(snap *config.Snapshot, log *slog.Logger, drainTime time.Duration) int {
 	// Subscribe before starting: signal.Notify starts a goroutine, and it must exist before the
 	// "listening" lines announce a steady state (tests compare goroutine counts against it), and a
 	// SIGTERM sent right after them must not kill the process without a clean shutdown.
@@ -141,10 +153,23 @@ func serve(snap *config.Snapshot, log *slog.Logger, stdout io.Writer) int {
 	}
 	select {
 	case s := <-sig:
-		log.Info("shutting down", "signal", s.String())
+		// The first signal drains: no new connections, established ones (tunnels included) run
+		// up to --drain-time-s. A second signal, or /quitquitquit, exits at once.
+		log.Info("draining", "signal", s.String(), "drain_time", drainTime)
+		abort := make(chan struct{})
+		go func() {
+			select {
+			case s := <-sig:
+				log.Info("exiting at once", "signal", s.String())
+			case <-srv.Quitting():
+				log.Info("exiting at once", "reason", "quitquitquit")
+			}
+			close(abort)
+		}()
+		srv.Shutdown(drainTime, abort)
 	case <-srv.Quitting():
 		log.Info("shutting down", "reason", "quitquitquit")
+		srv.Close()
 	}
-	srv.Close()
 	return 0
 }

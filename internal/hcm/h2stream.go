@@ -117,5 +117,11 @@ func (m *Manager) serveH2(ctx context.Context, nc net.Conn, c *conn, scheme stri
 	})
 	stop := context.AfterFunc(ctx, sc.Close)
 	defer stop()
+	defer m.track(h2Drainer{sc})()
 	sc.Serve(ctx)
 }
+
+// h2Drainer drains an HTTP/2 connection with a graceful GOAWAY.
+type h2Drainer struct{ sc *http2.ServerConn }
+
+func (d h2Drainer) drain() { d.sc.Shutdown() }

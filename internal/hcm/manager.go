@@ -40,6 +40,27 @@ type Manager struct {
 	chains       map[*config.HTTPFilter]namedFactory
 	draining     atomic.Bool
 	h2cfg        http2.ServerConfig
+
+	liveMu sync.Mutex
+	live   map[drainer]struct{} // open connections, told when the listener drains
+}
+
+// drainer is an open connection that can be asked to wind down: an idle HTTP/1.1 connection
+// closes, an HTTP/2 connection sends GOAWAY; requests in flight and tunnels go on.
+type drainer interface{ drain() }
+
+func (m *Manager) track(d drainer) (untrack func()) {
+	m.liveMu.Lock()
+	m.live[d] = struct{}{}
+	m.liveMu.Unlock()
+	if m.draining.Load() {
+		d.drain()
+	}
+	return func() {
+		m.liveMu.Lock()
+		delete(m.live, d)
+		m.liveMu.Unlock()
+	}
 }
 
 // New compiles the HCM's filter chains with the given builders (by filter name).
@@ -48,7 +69,7 @@ func New(cfg *config.HCM, bufferLimit int, st *stats.Store, builders map[string]
 		bufferLimit = config.DefaultBufferLimit
 	}
 	m := &Manager{cfg: cfg, bufferLimit: bufferLimit, stats: newStats(st, cfg), log: log,
-		chains: map[*config.HTTPFilter]namedFactory{}}
+		chains: map[*config.HTTPFilter]namedFactory{}, live: map[drainer]struct{}{}}
 	maxKB := cfg.MaxRequestHeadersKB
 	if maxKB <= 0 {
 		maxKB = config.DefaultMaxHeadersKB
@@ -86,8 +107,19 @@ func New(cfg *config.HCM, bufferLimit int, st *stats.Store, builders map[string]
 // Stats returns the manager's stats.
 func (m *Manager) Stats() *Stats { return m.stats }
 
-// Drain makes every connection close after its current request (Connection: close).
-func (m *Manager) Drain() { m.draining.Store(true) }
+// Drain winds the listener's connections down: HTTP/1.1 responses carry Connection: close and
+// idle HTTP/1.1 connections close, HTTP/2 connections get a graceful GOAWAY; requests in flight and
+// established tunnels go on until they end or the server closes them.
+func (m *Manager) Drain() {
+	if m.draining.Swap(true) {
+		return
+	}
+	m.liveMu.Lock()
+	defer m.liveMu.Unlock()
+	for d := range m.live {
+		d.drain()
+	}
+}
 
 func (m *Manager) chainFor(fs []*config.HTTPFilter) []namedFactory {
 	out := make([]namedFactory, 0, len(fs))
@@ -106,6 +138,8 @@ type conn struct {
 	bw       *bufio.Writer
 	remote   string
 	scheme   string // "http" or "https"
+	idleMu   sync.Mutex
+	idle     bool // waiting for the next request: a drain may close the connection now
 	requests int
 	closing  atomic.Bool // set from any goroutine of a stream that ends the connection
 	wmu      sync.Mutex  // serialises writes to nc (the encode path and 100-continue)
@@ -186,6 +220,7 @@ func (m *Manager) ServeConn(ctx context.Context, nc net.Conn) {
 	s.CxHTTP1Total.Inc()
 	s.CxHTTP1Active.Inc()
 	defer s.CxHTTP1Active.Dec()
+	defer m.track(c)()
 	c.bw = bufio.NewWriterSize(cc, 4<<10)
 	for !c.closing.Load() && ctx.Err() == nil {
 		if !c.serveOne(ctx) {
@@ -231,8 +266,19 @@ func (c *conn) serveOne(ctx context.Context) bool {
 	} else {
 		c.nc.SetReadDeadline(time.Time{})
 	}
-	if _, err := c.br.Peek(1); err != nil {
-		if isTimeout(err) && ctx.Err() == nil {
+	c.idleMu.Lock()
+	if m.draining.Load() {
+		c.idleMu.Unlock()
+		return false
+	}
+	c.idle = true
+	c.idleMu.Unlock()
+	_, err := c.br.Peek(1)
+	c.idleMu.Lock()
+	c.idle = false
+	c.idleMu.Unlock()
+	if err != nil {
+		if isTimeout(err) && ctx.Err() == nil && !m.draining.Load() {
 			m.stats.CxIdleTimeout.Inc()
 		}
 		return false
@@ -266,6 +312,16 @@ func (c *conn) serveOne(ctx context.Context) bool {
 	st := newStream(ctx, m, d, req.Headers)
 	d.s = st
 	return st.run()
+}
+
+// drain closes the connection if it is waiting for a request; a request in flight finishes
+// with Connection: close.
+func (c *conn) drain() {
+	c.idleMu.Lock()
+	defer c.idleMu.Unlock()
+	if c.idle {
+		c.nc.SetReadDeadline(time.Now())
+	}
 }
 
 // wakeReader makes a blocked read on the connection return, so the decode goroutine sees that its

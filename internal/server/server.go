@@ -49,6 +49,7 @@ type Server struct {
 	wg     sync.WaitGroup // accept loops and connections
 	mu     sync.Mutex
 	lns    []net.Listener
+	hcms   []*hcm.Manager
 	conns  map[net.Conn]struct{}
 	quit   chan struct{}
 	quitMu sync.Once
@@ -100,6 +101,7 @@ func (s *Server) Start() error {
 		}
 		s.mu.Lock()
 		s.lns = append(s.lns, ln)
+		s.hcms = append(s.hcms, m)
 		s.mu.Unlock()
 		sc := s.store.Scope("listener." + l.StatName)
 		rs = append(rs, ready{l: l, m: m, ln: ln, cxT: sc.Counter("downstream_cx_total"),
@@ -113,6 +115,7 @@ func (s *Server) Start() error {
 			Clusters:   s.clusterStatus,
 			Version:    Version,
 			Quit:       s.Quit,
+			Drain:      func(bool, bool) { s.Drain() },
 			Logger:     s.log,
 		})
 		if err != nil {
@@ -191,6 +194,54 @@ func (s *Server) Quit() { s.quitMu.Do(func() { close(s.quit) }) }
 
 // Quitting is closed when Quit was called.
 func (s *Server) Quitting() <-chan struct{} { return s.quit }
+
+// Drain stops accepting connections and winds the open ones down (Connection: close on HTTP/1.1,
+// GOAWAY on HTTP/2, idle connections closed), leaving requests in flight and established tunnels
+// running. Admin's /drain_listeners and SIGTERM call it.
+func (s *Server) Drain() {
+	s.mu.Lock()
+	for _, ln := range s.lns {
+		ln.Close()
+	}
+	hcms := s.hcms
+	s.mu.Unlock()
+	if s.admin != nil {
+		s.admin.SetState(admin.StateDraining)
+	}
+	for _, m := range hcms {
+		m.Drain()
+	}
+}
+
+// ActiveConnections is the number of downstream connections still open.
+func (s *Server) ActiveConnections() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
+}
+
+// Shutdown drains, waits up to drainTime for the connections (tunnels included) to end on their
+// own, then closes whatever is left. It returns early if abort is closed.
+func (s *Server) Shutdown(drainTime time.Duration, abort <-chan struct{}) {
+	s.Drain()
+	deadline := time.NewTimer(drainTime)
+	defer deadline.Stop()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for s.ActiveConnections() > 0 {
+		select {
+		case <-deadline.C:
+			s.log.Info("drain time is over; closing the connections left", "connections", s.ActiveConnections())
+			s.Close()
+			return
+		case <-abort:
+			s.Close()
+			return
+		case <-tick.C:
+		}
+	}
+	s.Close()
+}
 
 // Close stops listening, closes every connection (tunnels included) and waits for every goroutine
 // the server started.

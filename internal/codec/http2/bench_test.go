@@ -2,6 +2,7 @@ package http2
 
 import (
 	"io"
+	"sync"
 	"testing"
 
 	h2 "golang.org/x/net/http2"
@@ -20,11 +21,26 @@ func BenchmarkUpload(b *testing.B) {
 	})
 	rc := dialRaw(b, ts.addr())
 	rc.handshake()
-	go func() { // the window updates and the answer
+	// The client keeps to the server's windows, as a real one does.
+	var mu sync.Mutex
+	cond := sync.NewCond(&mu)
+	connWin, streamWin := int64(8<<20), int64(1<<20)
+	go func() {
 		rc.fr.SetReuseFrames()
 		for {
-			if _, err := rc.fr.ReadFrame(); err != nil {
+			f, err := rc.fr.ReadFrame()
+			if err != nil {
 				return
+			}
+			if wu, ok := f.(*h2.WindowUpdateFrame); ok {
+				mu.Lock()
+				if wu.StreamID == 0 {
+					connWin += int64(wu.Increment)
+				} else {
+					streamWin += int64(wu.Increment)
+				}
+				cond.Signal()
+				mu.Unlock()
 			}
 		}
 	}()
@@ -32,14 +48,23 @@ func BenchmarkUpload(b *testing.B) {
 	p := make([]byte, 16<<10)
 	b.SetBytes(int64(len(p)))
 	b.ReportAllocs()
+	var sent int64
 	for b.Loop() {
+		mu.Lock()
+		for connWin < int64(len(p)) || streamWin < int64(len(p)) {
+			cond.Wait()
+		}
+		connWin -= int64(len(p))
+		streamWin -= int64(len(p))
+		mu.Unlock()
 		if err := rc.fr.WriteData(1, false, p); err != nil {
 			b.Fatal(err)
 		}
+		sent += int64(len(p))
 	}
 	_ = rc.fr.WriteData(1, true, nil)
-	if n := <-got; n != int64(b.N)*int64(len(p)) {
-		b.Fatalf("handler read %d bytes", n)
+	if n := <-got; n != sent {
+		b.Fatalf("handler read %d of %d bytes", n, sent)
 	}
 }
 
@@ -55,13 +80,18 @@ func BenchmarkDownload(b *testing.B) {
 		_ = s.WriteData(nil, true)
 	})
 	rc := dialRaw(b, ts.addr())
-	rc.handshake(h2.Setting{ID: h2.SettingInitialWindowSize, Val: 1<<31 - 1})
-	_ = rc.fr.WriteWindowUpdate(0, 1<<31-1-65535)
-	go func() {
+	rc.handshake(h2.Setting{ID: h2.SettingInitialWindowSize, Val: 1 << 30})
+	_ = rc.fr.WriteWindowUpdate(0, 1<<30)
+	go func() { // a client that returns every DATA byte to both windows at once
 		rc.fr.SetReuseFrames()
 		for {
-			if _, err := rc.fr.ReadFrame(); err != nil {
+			f, err := rc.fr.ReadFrame()
+			if err != nil {
 				return
+			}
+			if d, ok := f.(*h2.DataFrame); ok && len(d.Data()) > 0 {
+				_ = rc.fr.WriteWindowUpdate(0, uint32(len(d.Data())))
+				_ = rc.fr.WriteWindowUpdate(1, uint32(len(d.Data())))
 			}
 		}
 	}()

@@ -92,7 +92,9 @@ func Start(t testing.TB, yaml string, extraArgs ...string) *Proxy {
 	if err := os.WriteFile(cfg, []byte(yaml), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	args := append([]string{"-c", cfg, "-l", "debug"}, extraArgs...)
+	// A short drain time bounds how long a failed test's leftover connections can hold the
+	// process at SIGTERM; tests of draining pass their own.
+	args := append([]string{"-c", cfg, "-l", "debug", "--drain-time-s", "5"}, extraArgs...)
 	cmd := exec.Command(bin, args...)
 	// A -race binary sleeps a second at exit by default; the tests stop many proxies.
 	cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0 halt_on_error=0")
@@ -187,6 +189,37 @@ func (p *Proxy) Addr(name string) string {
 		p.t.Fatalf("no listener %q in %v", name, p.Listeners)
 	}
 	return a
+}
+
+// Signal sends sig to the proxy process.
+func (p *Proxy) Signal(sig os.Signal) {
+	p.t.Helper()
+	if err := p.cmd.Process.Signal(sig); err != nil {
+		p.t.Fatalf("signal: %v", err)
+	}
+}
+
+// WaitExit waits for the process to exit and returns its error (nil for exit status 0); it fails
+// the test after timeout.
+func (p *Proxy) WaitExit(timeout time.Duration) error {
+	p.t.Helper()
+	select {
+	case <-p.exited:
+		return p.exitErr
+	case <-time.After(timeout):
+		p.t.Fatalf("switchyard still running after %v\n%s", timeout, p.Log())
+		return nil
+	}
+}
+
+// Exited reports whether the process has exited.
+func (p *Proxy) Exited() bool {
+	select {
+	case <-p.exited:
+		return true
+	default:
+		return false
+	}
 }
 
 // Log returns everything the proxy has logged so far.

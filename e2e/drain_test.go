@@ -1,0 +1,155 @@
+package e2e
+
+import (
+	"net"
+	"net/http"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/switchyard-proxy/switchyard/internal/testing/harness"
+)
+
+// drainTunnel opens a raw upgrade tunnel through p to up and returns both ends.
+func drainTunnel(t *testing.T, p *harness.Proxy, up *harness.RawUpstream) (client, upstream *harness.RawConn) {
+	t.Helper()
+	c := harness.Dial(t, p.Addr(""))
+	c.Write("GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+	u := up.Accept(5 * time.Second)
+	u.WaitForHead(5 * time.Second)
+	u.Write("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n")
+	c.WaitForHead(5 * time.Second)
+	return c, u
+}
+
+// TestDrainKeepsTunnels: /drain_listeners stops new connections and closes idle keep-alive ones,
+// while an established tunnel keeps flowing both ways; SIGTERM then waits for the tunnel to end
+// and exits 0 at once when it does.
+func TestDrainKeepsTunnels(t *testing.T) {
+	t.Parallel()
+	up := harness.NewRawUpstream(t)
+	p := harness.Start(t, harness.Config{UpstreamPort: up.Port(), HCM: "upgrade_configs: [{upgrade_type: websocket}]"}.YAML(),
+		"--drain-time-s", "30")
+	c, u := drainTunnel(t, p, up)
+
+	idle := harness.Dial(t, p.Addr(""))
+	idle.Write("GET /plain HTTP/1.1\r\nHost: t\r\n\r\n")
+	u2 := up.Accept(5 * time.Second)
+	u2.WaitForHead(5 * time.Second)
+	u2.Write("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+	idle.WaitForData("ok", 5*time.Second)
+
+	resp, err := http.Post("http://"+p.Admin+"/drain_listeners?graceful", "", nil)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("drain_listeners: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	idle.WaitForEOF(5 * time.Second)
+	if _, err := net.DialTimeout("tcp", p.Addr(""), time.Second); err == nil {
+		t.Error("the listener still accepts connections after a drain")
+	}
+	if resp, err := http.Get("http://" + p.Admin + "/ready"); err != nil || resp.StatusCode != 503 {
+		t.Errorf("/ready while draining: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
+	}
+
+	c.Write("still up")
+	u.WaitForData("still up", 5*time.Second)
+	u.Write("still down")
+	c.WaitForData("still down", 5*time.Second)
+
+	p.Signal(syscall.SIGTERM)
+	time.Sleep(300 * time.Millisecond)
+	if p.Exited() {
+		t.Fatal("SIGTERM killed a live tunnel instead of draining")
+	}
+	c.Write("after sigterm")
+	u.WaitForData("after sigterm", 5*time.Second)
+	c.CloseWrite()
+	u.WaitForEOF(5 * time.Second)
+	u.Close()
+	c.WaitForEOF(5 * time.Second)
+	start := time.Now()
+	if err := p.WaitExit(5 * time.Second); err != nil {
+		t.Fatalf("exit: %v", err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("exit took %v after the last tunnel ended", d)
+	}
+	if !strings.Contains(p.Log(), "draining") {
+		t.Errorf("no drain in the log:\n%s", p.Log())
+	}
+}
+
+// TestDrainTimeClosesTunnels: a tunnel still open when --drain-time-s runs out is closed on both
+// sides and the process exits; a second SIGTERM exits at once.
+func TestDrainTimeClosesTunnels(t *testing.T) {
+	t.Parallel()
+	t.Run("deadline", func(t *testing.T) {
+		t.Parallel()
+		up := harness.NewRawUpstream(t)
+		p := harness.Start(t, harness.Config{UpstreamPort: up.Port(), HCM: "upgrade_configs: [{upgrade_type: websocket}]"}.YAML(),
+			"--drain-time-s", "1")
+		c, u := drainTunnel(t, p, up)
+		start := time.Now()
+		p.Signal(syscall.SIGTERM)
+		c.WaitForEOF(5 * time.Second)
+		u.WaitForEOF(5 * time.Second)
+		if d := time.Since(start); d < 800*time.Millisecond {
+			t.Errorf("tunnel closed after %v, before the drain time", d)
+		}
+		if err := p.WaitExit(5 * time.Second); err != nil {
+			t.Fatalf("exit: %v", err)
+		}
+	})
+	t.Run("second signal", func(t *testing.T) {
+		t.Parallel()
+		up := harness.NewRawUpstream(t)
+		p := harness.Start(t, harness.Config{UpstreamPort: up.Port(), HCM: "upgrade_configs: [{upgrade_type: websocket}]"}.YAML(),
+			"--drain-time-s", "60")
+		c, _ := drainTunnel(t, p, up)
+		p.Signal(syscall.SIGTERM)
+		time.Sleep(200 * time.Millisecond)
+		p.Signal(syscall.SIGTERM)
+		if err := p.WaitExit(5 * time.Second); err != nil {
+			t.Fatalf("exit: %v", err)
+		}
+		c.WaitForEOF(5 * time.Second)
+	})
+}
+
+// TestDrainHTTP2GoAway: draining sends an HTTP/2 client a graceful GOAWAY (NO_ERROR) while its
+// extended CONNECT tunnel keeps flowing.
+func TestDrainHTTP2GoAway(t *testing.T) {
+	t.Parallel()
+	app := harness.NewRawUpstream(t)
+	p := harness.Start(t, seedYAML("a", h2ListenerConnect, app.Port(), false, "[{upgrade_type: foo}]"), "--drain-time-s", "30")
+	c := dialH2(t, p.Addr(""))
+	defer c.close()
+	c.waitSettings()
+	id := c.connect("foo", "/drain")
+	u := app.Accept(5 * time.Second)
+	u.WaitForHead(5 * time.Second)
+	u.Write(upgSwitching("foo"))
+	c.waitHead(id)
+
+	resp, err := http.Post("http://"+p.Admin+"/drain_listeners", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if code := c.waitGoAway(); code != 0 {
+		t.Fatalf("GOAWAY code %v, want NO_ERROR", code)
+	}
+	c.send(id, "through the drain", false)
+	u.WaitForData("through the drain", 5*time.Second)
+	u.Write("back")
+	c.waitData(id, "back")
+	c.send(id, "", true)
+	u.WaitForEOF(5 * time.Second)
+	u.Close()
+	c.waitEnd(id)
+	p.WaitStat("http.a.downstream_cx_upgrades_active", 0, 5*time.Second)
+}
