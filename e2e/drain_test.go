@@ -1,13 +1,16 @@
 package e2e
 
 import (
+	"errors"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
 	"github.com/switchyard-proxy/switchyard/internal/testing/harness"
 )
 
@@ -152,4 +155,86 @@ func TestDrainHTTP2GoAway(t *testing.T) {
 	u.Close()
 	c.waitEnd(id)
 	p.WaitStat("http.a.downstream_cx_upgrades_active", 0, 5*time.Second)
+}
+
+// TestDrainDeadlineClosesWebSocketsWith1001: a WebSocket still open when the drain time runs out
+// gets a Close frame with code 1001 (Going Away) on both sides — real WebSocket libraries on each
+// end read it as a proper close, even while messages are flowing — and the process exits.
+func TestDrainDeadlineClosesWebSocketsWith1001(t *testing.T) {
+	t.Parallel()
+	serverSaw := make(chan int, 1)
+	up := websocket.Upgrader{}
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := up.Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		for {
+			if _, _, err := c.ReadMessage(); err != nil {
+				var ce *websocket.CloseError
+				if errors.As(err, &ce) {
+					serverSaw <- ce.Code
+				} else {
+					serverSaw <- -1
+				}
+				return
+			}
+			// A steady stream of messages toward the client, so the close must find a boundary.
+			if err := c.WriteMessage(websocket.BinaryMessage, make([]byte, 3000)); err != nil {
+				return
+			}
+		}
+	}))
+	t.Cleanup(app.Close)
+	p := harness.Start(t, harness.Config{UpstreamPort: portOf(t, app.Listener.Addr().String()),
+		HCM: "upgrade_configs: [{upgrade_type: websocket}]"}.YAML(), "--drain-time-s", "1")
+	c, _, err := websocket.DefaultDialer.Dial("ws://"+p.Addr("")+"/ws", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	clientSaw := make(chan int, 1)
+	go func() {
+		for {
+			if _, _, err := c.ReadMessage(); err != nil {
+				var ce *websocket.CloseError
+				if errors.As(err, &ce) {
+					clientSaw <- ce.Code
+				} else {
+					clientSaw <- -1
+				}
+				return
+			}
+		}
+	}()
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(5 * time.Millisecond):
+				if c.WriteMessage(websocket.BinaryMessage, make([]byte, 2000)) != nil {
+					return
+				}
+			}
+		}
+	}()
+	time.Sleep(100 * time.Millisecond)
+	p.Signal(syscall.SIGTERM)
+	for name, ch := range map[string]chan int{"client": clientSaw, "app": serverSaw} {
+		select {
+		case code := <-ch:
+			if code != websocket.CloseGoingAway {
+				t.Errorf("%s saw close code %d, want 1001", name, code)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s saw no close", name)
+		}
+	}
+	if err := p.WaitExit(10 * time.Second); err != nil {
+		t.Fatalf("exit: %v", err)
+	}
 }

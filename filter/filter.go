@@ -55,6 +55,14 @@ type Destroyer interface {
 	OnDestroy()
 }
 
+// DrainCloser is an optional hook for tunnels still open when the proxy's drain time runs out: the
+// filter ends its side cleanly (the router sends a WebSocket Close 1001, or a FIN / END_STREAM for
+// other upgrades) before the connections are closed. Called from the server's goroutine; it must
+// not block on a write that may never finish.
+type DrainCloser interface {
+	OnDrainDeadline()
+}
+
 // Callbacks is the stream as a filter sees it.
 type Callbacks interface {
 	// Context is cancelled when the stream ends or is reset. Block on it, never past it.

@@ -41,8 +41,25 @@ type Manager struct {
 	draining     atomic.Bool
 	h2cfg        http2.ServerConfig
 
-	liveMu sync.Mutex
-	live   map[drainer]struct{} // open connections, told when the listener drains
+	liveMu  sync.Mutex
+	live    map[drainer]struct{} // open connections, told when the listener drains
+	tunnels map[*stream]struct{} // open tunnels, closed cleanly when the drain time runs out
+}
+
+// CloseTunnels ends every open tunnel cleanly, at the end of the drain time: a WebSocket gets a
+// Close frame with code 1001 (Going Away) in both directions, placed between frames; other
+// upgrades get a FIN or END_STREAM each way. The peers then close, and the server closes what
+// is left shortly after.
+func (m *Manager) CloseTunnels() {
+	m.liveMu.Lock()
+	ts := make([]*stream, 0, len(m.tunnels))
+	for s := range m.tunnels {
+		ts = append(ts, s)
+	}
+	m.liveMu.Unlock()
+	for _, s := range ts {
+		s.goingAway()
+	}
 }
 
 // drainer is an open connection that can be asked to wind down: an idle HTTP/1.1 connection
@@ -69,7 +86,8 @@ func New(cfg *config.HCM, bufferLimit int, st *stats.Store, builders map[string]
 		bufferLimit = config.DefaultBufferLimit
 	}
 	m := &Manager{cfg: cfg, bufferLimit: bufferLimit, stats: newStats(st, cfg), log: log,
-		chains: map[*config.HTTPFilter]namedFactory{}, live: map[drainer]struct{}{}}
+		chains: map[*config.HTTPFilter]namedFactory{}, live: map[drainer]struct{}{},
+		tunnels: map[*stream]struct{}{}}
 	maxKB := cfg.MaxRequestHeadersKB
 	if maxKB <= 0 {
 		maxKB = config.DefaultMaxHeadersKB
@@ -211,7 +229,15 @@ func (m *Manager) ServeConn(ctx context.Context, nc net.Conn) {
 	case scheme == "https":
 		useH2 = alpn == "h2"
 	default:
-		useH2 = c.sniffPreface()
+		var err error
+		if useH2, err = c.sniffPreface(); err != nil && c.br.Buffered() == 0 {
+			// Not a byte within the idle timeout (or the client left): close now rather than
+			// let serveOne wait a second idle period.
+			if isTimeout(err) && ctx.Err() == nil && !m.draining.Load() {
+				s.CxIdleTimeout.Inc()
+			}
+			return
+		}
 	}
 	if useH2 {
 		m.serveH2(ctx, nc, c, scheme)
@@ -233,8 +259,9 @@ func (m *Manager) ServeConn(ctx context.Context, nc net.Conn) {
 const handshakeTimeout = 10 * time.Second
 
 // sniffPreface reports whether the client opened with the HTTP/2 connection preface. It reads
-// only as far as it must: a short HTTP/1.1 request is told apart by its first differing byte.
-func (c *conn) sniffPreface() bool {
+// only as far as it must: a short HTTP/1.1 request is told apart by its first differing byte. A
+// read error (idle timeout, EOF) before the bytes differ is returned: the connection is done.
+func (c *conn) sniffPreface() (bool, error) {
 	if d := c.m.cfg.IdleTimeout; d > 0 {
 		c.nc.SetReadDeadline(time.Now().Add(d))
 		defer c.nc.SetReadDeadline(time.Time{})
@@ -242,11 +269,14 @@ func (c *conn) sniffPreface() bool {
 	n := 1
 	for {
 		p, err := c.br.Peek(n)
-		if err != nil || string(p) != http2Preface[:len(p)] {
-			return false
+		if string(p) != http2Preface[:len(p)] {
+			return false, nil
+		}
+		if err != nil {
+			return false, err
 		}
 		if len(p) == len(http2Preface) {
-			return true
+			return true, nil
 		}
 		// Check everything already here at once; otherwise wait for one more byte.
 		n = min(max(c.br.Buffered(), n+1), len(http2Preface))

@@ -19,6 +19,7 @@ import (
 	"github.com/switchyard-proxy/switchyard/headers"
 	"github.com/switchyard-proxy/switchyard/internal/config"
 	"github.com/switchyard-proxy/switchyard/internal/router"
+	"github.com/switchyard-proxy/switchyard/internal/tunnel"
 )
 
 // stream is one request/response exchange, or one upgrade and its tunnel.
@@ -61,6 +62,10 @@ type stream struct {
 	doneOnce  sync.Once
 	wasReset  atomic.Bool
 	resetOnce sync.Once
+
+	wsDown    tunnel.FrameTracker // WebSocket frames written to the client; guarded by encMu
+	goAway    atomic.Bool         // the drain time ran out: close the tunnel at the next frame boundary
+	closeSent bool                // the Close (or FIN) toward the client went out; guarded by encMu
 
 	activity atomic.Int64 // unix nanos of the last byte either way, for the idle timer
 	timers   []*time.Timer
@@ -334,6 +339,9 @@ func (s *stream) finish() {
 	}
 	if s.tunnelOpen.Load() {
 		s.upStats.Active.Dec()
+		s.m.liveMu.Lock()
+		delete(s.m.tunnels, s)
+		s.m.liveMu.Unlock()
 	}
 	s.cancel()
 	for _, f := range s.filters {
@@ -534,6 +542,9 @@ func (s *stream) writeHeaders(h *headers.Map, end bool) {
 		s.tunnelOpen.Store(true)
 		s.upStats.Established.Inc()
 		s.upStats.Active.Inc()
+		s.m.liveMu.Lock()
+		s.m.tunnels[s] = struct{}{}
+		s.m.liveMu.Unlock()
 		return
 	}
 	if end || bodyless {
@@ -551,10 +562,51 @@ func (s *stream) writeData(b *buffer.Buffer, end bool) {
 			s.reset("downstream_write_failed")
 			return
 		}
+		if s.upgrade == "websocket" && s.tunnelOpen.Load() {
+			s.wsDown.Feed(b.Bytes())
+		}
 	}
 	if end {
 		s.finishResponse()
+		return
 	}
+	if s.goAway.Load() {
+		s.closeTowardClientLocked()
+	}
+}
+
+// goingAway ends the tunnel's two directions cleanly at the drain deadline. A direction busy
+// writing finishes its current frame and closes after it.
+func (s *stream) goingAway() {
+	s.goAway.Store(true)
+	if s.encMu.TryLock() {
+		s.closeTowardClientLocked()
+		s.encMu.Unlock()
+	}
+	for _, f := range s.filters {
+		if d, ok := f.(filter.DrainCloser); ok {
+			d.OnDrainDeadline()
+		}
+	}
+}
+
+// closeTowardClientLocked sends the client a WebSocket Close 1001 between frames (or just ends a
+// tunnel of another type), then half-closes. Called with encMu held.
+func (s *stream) closeTowardClientLocked() {
+	if s.closeSent || s.respEnded || !s.tunnelOpen.Load() {
+		return
+	}
+	if s.upgrade == "websocket" {
+		if !s.wsDown.AtBoundary() {
+			return // the frame being written ends first; writeData comes back here after it
+		}
+		if err := s.down.writeBody(tunnel.CloseFrame(tunnel.CloseGoingAway, false)); err != nil {
+			s.reset("downstream_write_failed")
+			return
+		}
+	}
+	s.closeSent = true
+	s.finishResponse()
 }
 
 // finishResponse ends the response: the last chunk, or the tunnel's half-close toward the client.

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/switchyard-proxy/switchyard/buffer"
@@ -16,6 +17,7 @@ import (
 	"github.com/switchyard-proxy/switchyard/headers"
 	"github.com/switchyard-proxy/switchyard/internal/cluster"
 	"github.com/switchyard-proxy/switchyard/internal/config"
+	"github.com/switchyard-proxy/switchyard/internal/tunnel"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -99,6 +101,11 @@ type routerFilter struct {
 	started     bool        // DecodeHeaders began the request
 	stopCtx     func() bool
 	wg          sync.WaitGroup
+
+	// Tunnel shutdown at the drain deadline; guarded by the attempt's wmu once the tunnel is open.
+	wsUp      tunnel.FrameTracker // WebSocket frames written upstream
+	goAway    atomic.Bool         // close at the next frame boundary
+	closeSent bool                // the Close (or FIN) toward the upstream went out
 }
 
 // attempt is one try against one upstream connection.
@@ -220,11 +227,17 @@ func (r *routerFilter) DecodeData(b *buffer.Buffer, end bool) filter.Status {
 		r.mu.Unlock()
 		att.wmu.Lock()
 		var err error
-		if len(p) > 0 {
-			err = att.up.write(p)
+		switch {
+		case r.closeSent:
+			// The upstream already got our Close: nothing may follow it.
+		case len(p) > 0:
+			err = r.writeTunnelLocked(att, p)
 		}
-		if end && err == nil {
+		if end && err == nil && !r.closeSent {
 			err = att.up.endRequest()
+		}
+		if err == nil && r.goAway.Load() {
+			err = r.closeUpstreamLocked(att)
 		}
 		att.wmu.Unlock()
 		if err != nil {
@@ -242,6 +255,46 @@ func (r *routerFilter) DecodeData(b *buffer.Buffer, end bool) filter.Status {
 	}
 	r.mu.Unlock()
 	return filter.StopIteration
+}
+
+// writeTunnelLocked writes tunnel bytes upstream, following WebSocket frames. Called with the
+// attempt's wmu held.
+func (r *routerFilter) writeTunnelLocked(att *attempt, p []byte) error {
+	if err := att.up.write(p); err != nil {
+		return err
+	}
+	if r.upgrade == "websocket" {
+		r.wsUp.Feed(p)
+	}
+	return nil
+}
+
+// OnDrainDeadline closes the upstream half of a tunnel still open when the drain time runs out:
+// a WebSocket Close 1001 between frames, then a half-close.
+func (r *routerFilter) OnDrainDeadline() {
+	r.goAway.Store(true)
+	r.mu.Lock()
+	att, direct := r.att, r.direct
+	r.mu.Unlock()
+	if att == nil || !direct || !att.wmu.TryLock() {
+		return // not a tunnel yet, or a write is in progress: DecodeData closes after it
+	}
+	r.closeUpstreamLocked(att)
+	att.wmu.Unlock()
+}
+
+// closeUpstreamLocked sends the Close (or just the half-close) once, at a frame boundary.
+func (r *routerFilter) closeUpstreamLocked(att *attempt) error {
+	if r.closeSent || (r.upgrade == "websocket" && !r.wsUp.AtBoundary()) {
+		return nil
+	}
+	r.closeSent = true
+	if r.upgrade == "websocket" {
+		if err := att.up.write(tunnel.CloseFrame(tunnel.CloseGoingAway, true)); err != nil {
+			return err
+		}
+	}
+	return att.up.endRequest()
 }
 
 // OnDestroy ends every attempt and waits for the router's goroutines.

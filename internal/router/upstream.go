@@ -389,7 +389,7 @@ func (r *routerFilter) tunnel(att *attempt, resp *upResponse) {
 		}
 		r.cond.Broadcast()
 		r.mu.Unlock()
-		if err := up.write(q); err != nil {
+		if err := r.writeTunnelLocked(att, q); err != nil {
 			break
 		}
 	}

@@ -213,6 +213,24 @@ func (s *Server) Drain() {
 	}
 }
 
+// closeTunnels ends open tunnels cleanly (WebSocket Close 1001, or FIN / END_STREAM) and gives
+// the peers a moment to answer before the connections are closed.
+func (s *Server) closeTunnels() {
+	s.mu.Lock()
+	hcms := s.hcms
+	s.mu.Unlock()
+	for _, m := range hcms {
+		m.CloseTunnels()
+	}
+	deadline := time.Now().Add(tunnelCloseGrace)
+	for s.ActiveConnections() > 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// tunnelCloseGrace is how long peers get to answer our Close before their connections are cut.
+const tunnelCloseGrace = time.Second
+
 // ActiveConnections is the number of downstream connections still open.
 func (s *Server) ActiveConnections() int {
 	s.mu.Lock()
@@ -231,7 +249,8 @@ func (s *Server) Shutdown(drainTime time.Duration, abort <-chan struct{}) {
 	for s.ActiveConnections() > 0 {
 		select {
 		case <-deadline.C:
-			s.log.Info("drain time is over; closing the connections left", "connections", s.ActiveConnections())
+			s.log.Info("drain time is over; closing the tunnels and connections left", "connections", s.ActiveConnections())
+			s.closeTunnels()
 			s.Close()
 			return
 		case <-abort:

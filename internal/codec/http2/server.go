@@ -433,7 +433,8 @@ func (c *ServerConn) emit(f hpack.HeaderField) {
 // readBlock decodes a header block: the HEADERS fragment and every CONTINUATION after it. It
 // always decodes to the end, whatever becomes of the stream, because HPACK state is shared by the
 // connection. The encoded block may be at most twice MaxHeaderListSize (at least 32 KiB): past
-// that the sender is flooding (the CONTINUATION flood, CVE-2024-27316) and the connection ends.
+// that the sender is flooding (the CONTINUATION flood: Go CVE-2023-45288, Envoy CVE-2024-27919)
+// and the connection ends.
 func (c *ServerConn) readBlock(f *h2.HeadersFrame) (*headerBlock, error) {
 	c.block = headerBlock{h: headers.New()}
 	limit := max(2*int(c.cfg.MaxHeaderListSize), 32<<10)

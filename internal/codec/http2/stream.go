@@ -185,7 +185,7 @@ func (s *ServerStream) WriteData(p []byte, end bool) error {
 					return err
 				}
 			}
-			n = min(n, s.sendWin, c.sendWin)
+			n = min(n, s.sendWin, c.sendWin, maxDataChunk)
 		}
 		last := n == int64(len(p))
 		s.sendWin -= n
@@ -212,6 +212,10 @@ func (s *ServerStream) WriteData(p []byte, end bool) error {
 		}
 	}
 }
+
+// maxDataChunk bounds one WriteData hand-off to the writer, so a stream with a large window
+// cannot hold the writer while other streams' frames wait.
+const maxDataChunk = 64 << 10
 
 // writableLocked says why DATA cannot be sent on s now, or nil.
 func (s *ServerStream) writableLocked() error {
