@@ -51,7 +51,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	}
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
 	drainSecs := fs.Int("drain-time-s", 600, "how long established connections and tunnels may run after SIGTERM or /drain_listeners before they are closed")
-	fs.StringVar(&o.drainStrat, "drain-strategy", "gradual", "gradual | immediate (both drain at once for now: every response gets Connection: close and HTTP/2 a GOAWAY)")
+	fs.StringVar(&o.drainStrat, "drain-strategy", "gradual", "gradual: responses get Connection: close with a probability rising to 1 over the drain time; immediate: all at once")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -129,11 +129,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "switchyard: --mode %q is not supported (serve, validate)\n", o.mode)
 		return 1
 	}
-	return serve(snap, log, o.drainTime)
+	return serve(snap, log, o.drainTime, o.drainStrat)
 }
 
 // serve runs the proxy until a signal or /quitquitquit.
-func serve(snap *config.Snapshot, log *slog.Logger, drainTime time.Duration) int {
+func serve(snap *config.Snapshot, log *slog.Logger, drainTime time.Duration, drainStrategy string) int {
 	// Subscribe before starting: signal.Notify starts a goroutine, and it must exist before the
 	// "listening" lines announce a steady state (tests compare goroutine counts against it), and a
 	// SIGTERM sent right after them must not kill the process without a clean shutdown.
@@ -141,6 +141,7 @@ func serve(snap *config.Snapshot, log *slog.Logger, drainTime time.Duration) int
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(sig)
 	srv := server.New(snap, log)
+	srv.SetDrain(drainStrategy == "gradual", drainTime)
 	if err := srv.Start(); err != nil {
 		log.Error("cannot start", "err", err)
 		return 1

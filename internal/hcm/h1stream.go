@@ -117,7 +117,7 @@ func (d *h1Stream) writeHead(h *headers.Map, status int, end, switchProto bool) 
 			s.m.stats.RqResponseBeforeComplete.Inc()
 			d.closeAfter = true
 		}
-		if c.closing.Load() || s.connClose.Load() || s.m.draining.Load() || !d.ri.keepAlive || d.mode == bodyClose {
+		if c.closing.Load() || s.connClose.Load() || s.m.drainClose() || !d.ri.keepAlive || d.mode == bodyClose {
 			d.closeAfter = true
 		}
 		if max := s.m.cfg.MaxRequestsPerConn; max > 0 && c.requests >= max {

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -39,6 +40,9 @@ type Manager struct {
 	defaultChain []namedFactory
 	chains       map[*config.HTTPFilter]namedFactory
 	draining     atomic.Bool
+	drainStart   atomic.Int64 // unix nanos when the drain began
+	drainGradual bool         // set before draining flips, read after
+	drainOver    time.Duration
 	h2cfg        http2.ServerConfig
 
 	liveMu  sync.Mutex
@@ -128,15 +132,37 @@ func (m *Manager) Stats() *Stats { return m.stats }
 // Drain winds the listener's connections down: HTTP/1.1 responses carry Connection: close and
 // idle HTTP/1.1 connections close, HTTP/2 connections get a graceful GOAWAY; requests in flight and
 // established tunnels go on until they end or the server closes them.
-func (m *Manager) Drain() {
-	if m.draining.Swap(true) {
+//
+// With gradual set (Envoy's --drain-strategy gradual), a response gets Connection: close with a
+// probability that grows from 0 to 1 over the drain time, so clients do not all reconnect at once;
+// otherwise every response does at once.
+func (m *Manager) Drain(gradual bool, over time.Duration) {
+	m.liveMu.Lock()
+	if m.draining.Load() {
+		m.liveMu.Unlock()
 		return
 	}
+	m.drainGradual, m.drainOver = gradual, over
+	m.drainStart.Store(time.Now().UnixNano())
+	m.draining.Store(true)
+	m.liveMu.Unlock()
 	m.liveMu.Lock()
 	defer m.liveMu.Unlock()
 	for d := range m.live {
 		d.drain()
 	}
+}
+
+// drainClose says whether a response during a drain should close its connection.
+func (m *Manager) drainClose() bool {
+	if !m.draining.Load() {
+		return false
+	}
+	if !m.drainGradual || m.drainOver <= 0 {
+		return true
+	}
+	elapsed := time.Since(time.Unix(0, m.drainStart.Load()))
+	return rand.Float64() < float64(elapsed)/float64(m.drainOver)
 }
 
 func (m *Manager) chainFor(fs []*config.HTTPFilter) []namedFactory {

@@ -53,6 +53,14 @@ type Server struct {
 	conns  map[net.Conn]struct{}
 	quit   chan struct{}
 	quitMu sync.Once
+
+	drainGradual bool          // --drain-strategy gradual
+	drainTime    time.Duration // --drain-time-s
+}
+
+// SetDrain records the command line's drain strategy and time; call it before Start.
+func (s *Server) SetDrain(gradual bool, drainTime time.Duration) {
+	s.drainGradual, s.drainTime = gradual, drainTime
 }
 
 // New prepares a server; nothing listens until Start.
@@ -209,7 +217,7 @@ func (s *Server) Drain() {
 		s.admin.SetState(admin.StateDraining)
 	}
 	for _, m := range hcms {
-		m.Drain()
+		m.Drain(s.drainGradual, s.drainTime)
 	}
 }
 
