@@ -131,8 +131,9 @@ func TestLimitsCircuitBreakers(t *testing.T) {
 
 			r := roundTrip(t, addr, "GET "+tt.path+"/second HTTP/1.1\r\nHost: app\r\n\r\n")
 			const want = "upstream connect error or disconnect/reset before headers. reset reason: overflow"
-			if r.status != 503 || r.body != want {
-				t.Errorf("concurrent request: %d %q, want 503 %q", r.status, r.body, want)
+			if r.status != 503 || r.body != want || r.header.Get("x-envoy-overloaded") != "true" {
+				t.Errorf("concurrent request: %d %q x-envoy-overloaded %q, want 503 %q true", r.status, r.body,
+					r.header.Get("x-envoy-overloaded"), want)
 			}
 			tt.up.NoConnection(100 * time.Millisecond)
 			if v := p.Stat("cluster." + tt.cluster + ".upstream_rq_pending_overflow"); v < 1 {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"math/rand/v2"
+	"strconv"
 	"strings"
 	"time"
 
@@ -33,7 +34,7 @@ func (r *routerFilter) run() {
 	defer r.wg.Done()
 	st := r.cl.Stats
 	if err := r.cl.StartRequest(); err != nil {
-		r.fail(503, bodyOverflow, "upstream_overflow")
+		r.failOverloaded()
 		return
 	}
 	defer r.cl.EndRequest()
@@ -129,6 +130,26 @@ func (r *routerFilter) connect(ctx context.Context) (upstream, error) {
 	return &h1Upstream{lease: lease, method: r.method, chunked: r.chunked, makeKey: r.info.ExtendedConnect()}, nil
 }
 
+// failOverloaded answers a request dropped by a circuit breaker the way Envoy does: 503 with
+// x-envoy-overloaded: true, which also tells a proxy in front not to retry it.
+func (r *routerFilter) failOverloaded() {
+	r.mu.Lock()
+	already := r.finished
+	r.finished = true
+	if r.timer != nil {
+		r.timer.Stop()
+	}
+	r.cond.Broadcast()
+	r.mu.Unlock()
+	if already {
+		return
+	}
+	h := headers.New(headers.Status, "503", "content-type", "text/plain",
+		"content-length", strconv.Itoa(len(bodyOverflow)), "x-envoy-overloaded", "true")
+	r.cb.EncodeHeaders(h, false)
+	r.cb.EncodeData(buffer.Wrap([]byte(bodyOverflow)), true)
+}
+
 // attempt makes one try. It reports true when the caller should retry.
 func (r *routerFilter) attempt(canRetry func(failure) bool, isRetry bool) bool {
 	ctx := r.cb.Context()
@@ -141,7 +162,7 @@ func (r *routerFilter) attempt(canRetry func(failure) bool, isRetry bool) bool {
 		case errors.Is(err, errUpgradeBodyOverH2):
 			r.fail(400, "", err.Error())
 		case errors.Is(err, cluster.ErrOverflow):
-			r.fail(503, bodyOverflow, "upstream_overflow")
+			r.failOverloaded()
 		case errors.Is(err, cluster.ErrNoHealthyUpstream):
 			r.fail(503, bodyNoHealthy, "no_healthy_upstream")
 		case errors.As(err, &ce):
