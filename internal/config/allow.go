@@ -15,7 +15,7 @@ import (
 // change traffic). Well-known google.protobuf types are always allowed; any other message type not
 // listed here is rejected.
 var allowList = map[protoreflect.FullName]string{
-	"envoy.config.bootstrap.v3.Bootstrap":                 "node static_resources admin",
+	"envoy.config.bootstrap.v3.Bootstrap":                 "node static_resources admin overload_manager",
 	"envoy.config.bootstrap.v3.Bootstrap.StaticResources": "listeners clusters",
 	"envoy.config.bootstrap.v3.Admin":                     "address access_log access_log_path", // logs: ignored with a warning
 	"envoy.config.core.v3.Node":                           "*",                                  // identity only: no effect on traffic
@@ -87,6 +87,17 @@ var allowList = map[protoreflect.FullName]string{
 	"envoy.extensions.transport_sockets.tls.v3.CommonTlsContext":                "tls_certificates validation_context alpn_protocols",
 	"envoy.extensions.transport_sockets.tls.v3.TlsCertificate":                  "certificate_chain private_key",
 	"envoy.extensions.transport_sockets.tls.v3.CertificateValidationContext":    "trusted_ca",
+
+	// Connection limits and the overload manager (overload.go).
+	"envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit":                     "stat_prefix max_connections delay",
+	"envoy.config.overload.v3.OverloadManager":                                                 "refresh_interval resource_monitors actions",
+	"envoy.config.overload.v3.ResourceMonitor":                                                 "name typed_config",
+	"envoy.config.overload.v3.OverloadAction":                                                  "name triggers",
+	"envoy.config.overload.v3.Trigger":                                                         "name threshold scaled",
+	"envoy.config.overload.v3.ThresholdTrigger":                                                "value",
+	"envoy.config.overload.v3.ScaledTrigger":                                                   "scaling_threshold saturation_threshold",
+	"envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig":                         "max_heap_size_bytes",
+	"envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig": "max_active_downstream_connections",
 }
 
 // notSupportedWhy explains the unsupported fields users are most likely to hit, keyed by full
@@ -131,6 +142,13 @@ var notSupportedWhy = map[protoreflect.FullName]string{
 	"envoy.extensions.transport_sockets.tls.v3.CommonTlsContext":                                      "switchyard implements tls_certificates, validation_context.trusted_ca and alpn_protocols",
 	"envoy.extensions.transport_sockets.tls.v3.TlsCertificate":                                        "use certificate_chain and private_key (PEM)",
 	"envoy.extensions.transport_sockets.tls.v3.CertificateValidationContext":                          "only trusted_ca is supported: the chain is verified, subject alt names are not matched",
+
+	"envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit.runtime_enabled":         "runtime is not supported",
+	"envoy.config.overload.v3.OverloadManager.loadshed_points":                                     "load shed points are not supported yet; use the stop_accepting_requests action",
+	"envoy.config.overload.v3.OverloadManager.buffer_factory_config":                               "buffer accounting (and so reset_high_memory_stream) is not supported yet",
+	"envoy.config.overload.v3.OverloadAction.typed_config":                                         "only stop_accepting_requests is supported, and it takes no typed_config",
+	"envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig.max_heap_size_bytes_runtime": "runtime is not supported; use max_heap_size_bytes",
+	"envoy.config.listener.v3.Listener.ignore_global_conn_limit":                                   "every listener counts toward global_downstream_max_connections",
 }
 
 // allowed is allowList parsed; a nil set means everything is allowed.

@@ -19,6 +19,7 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	bufferv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/buffer/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	connlimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/connection_limit/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/protobuf/proto"
@@ -98,6 +99,7 @@ func (c *compiler) compile(b *bootstrapv3.Bootstrap) (*Snapshot, error) {
 		addrs[out.Address] = i
 		s.Listeners = append(s.Listeners, out)
 	}
+	s.Overload = c.overload(b.GetOverloadManager(), path{"overload_manager"})
 	if c.err != nil {
 		return nil, c.err
 	}
@@ -133,20 +135,38 @@ func (c *compiler) listener(l *listenerv3.Listener, p path) *Listener {
 	out.TLS = c.downstreamTLS(chains[0].GetTransportSocket(), p.field("filter_chains").index(0).field("transport_socket"))
 	fp := p.field("filter_chains").index(0).field("filters")
 	filters := chains[0].GetFilters()
+	names := make([]string, len(filters))
 	for i, f := range filters {
-		if _, ok := c.unpack(f.GetTypedConfig(), fp.index(i).field("typed_config")).(*hcmv3.HttpConnectionManager); !ok {
-			c.fail(fp.index(i), "network filter %q of type %q is not supported by switchyard; the only network filter is the http_connection_manager",
-				f.GetName(), f.GetTypedConfig().GetTypeUrl())
+		names[i] = f.GetName()
+		switch c.unpack(f.GetTypedConfig(), fp.index(i).field("typed_config")).(type) {
+		case *hcmv3.HttpConnectionManager, *connlimitv3.ConnectionLimit:
+		default:
+			c.fail(fp.index(i), "network filter %q of type %q is not supported by switchyard; the network filters are %s and the http_connection_manager",
+				f.GetName(), f.GetTypedConfig().GetTypeUrl(), ConnectionLimitFilter)
 		}
 	}
-	if len(filters) != 1 {
-		c.fail(fp, "exactly one network filter (the http_connection_manager) is supported, got %d", len(filters))
+	if c.err != nil {
 		return out
 	}
-	tp := fp.index(0).field("typed_config")
-	if hcm, ok := c.unpack(filters[0].GetTypedConfig(), tp).(*hcmv3.HttpConnectionManager); ok {
-		out.HCM = c.hcm(hcm, tp)
+	// The only chains: [http_connection_manager] or [connection_limit, http_connection_manager].
+	last := len(filters) - 1
+	if last >= 0 && last <= 1 {
+		tp := fp.index(last).field("typed_config")
+		hcm, isHCM := c.unpack(filters[last].GetTypedConfig(), tp).(*hcmv3.HttpConnectionManager)
+		var cl *connlimitv3.ConnectionLimit
+		isCL := true
+		if last == 1 {
+			cl, isCL = c.unpack(filters[0].GetTypedConfig(), fp.index(0).field("typed_config")).(*connlimitv3.ConnectionLimit)
+		}
+		if isHCM && isCL {
+			if cl != nil {
+				out.ConnectionLimit = c.connectionLimit(cl, fp.index(0).field("typed_config"))
+			}
+			out.HCM = c.hcm(hcm, tp)
+			return out
+		}
 	}
+	c.fail(fp, "the network filters must be the http_connection_manager, optionally preceded by %s; got %q", ConnectionLimitFilter, names)
 	return out
 }
 

@@ -40,7 +40,8 @@ type Snapshot struct {
 	Clusters  []*Cluster          // in config order
 	ByName    map[string]*Cluster // the same clusters by name
 	Bootstrap *bootstrapv3.Bootstrap
-	Warnings  []string // things the user should fix that we accepted, e.g. filters without typed_config
+	Warnings  []string  // things the user should fix that we accepted, e.g. filters without typed_config
+	Overload  *Overload // bootstrap overload_manager; nil when absent
 }
 
 // Admin is the admin listener.
@@ -56,6 +57,8 @@ type Listener struct {
 	BufferLimit int    // per_connection_buffer_limit_bytes; default 1 MiB
 	HCM         *HCM
 	TLS         *TLSServer // transport_socket envoy.transport_sockets.tls; nil for cleartext
+	// ConnectionLimit is the envoy.filters.network.connection_limit filter before the HCM; nil when absent.
+	ConnectionLimit *ConnectionLimit
 }
 
 // TLSServer is a compiled DownstreamTlsContext.

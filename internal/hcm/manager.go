@@ -44,6 +44,7 @@ type Manager struct {
 	drainGradual bool         // set before draining flips, read after
 	drainOver    time.Duration
 	h2cfg        http2.ServerConfig
+	shedRequest  func() bool // set before serving: true sheds a new request (stop_accepting_requests); nil never
 
 	liveMu  sync.Mutex
 	live    map[drainer]struct{} // open connections, told when the listener drains
@@ -128,6 +129,11 @@ func New(cfg *config.HCM, bufferLimit int, st *stats.Store, builders map[string]
 
 // Stats returns the manager's stats.
 func (m *Manager) Stats() *Stats { return m.stats }
+
+// SetStopAcceptingRequests installs the overload manager's envoy.overload_actions.stop_accepting_requests:
+// each new request for which shed returns true is answered 503 "envoy overloaded" before any filter
+// exists. Call it before the first ServeConn.
+func (m *Manager) SetStopAcceptingRequests(shed func() bool) { m.shedRequest = shed }
 
 // Drain winds the listener's connections down: HTTP/1.1 responses carry Connection: close and
 // idle HTTP/1.1 connections close, HTTP/2 connections get a graceful GOAWAY; requests in flight and

@@ -88,6 +88,19 @@ func (s *stream) run() bool {
 	defer ms.RqActive.Dec()
 	defer s.finish()
 
+	if s.m.shedRequest != nil && s.m.shedRequest() {
+		// Envoy drops new requests (upgrades too) as soon as the headers are decoded, before the
+		// filter chain exists. A request with nothing more to read keeps its connection.
+		ms.RqOverloadClose.Inc()
+		if s.ri.bodyless && !headers.IsUpgrade(s.h) {
+			s.decodeDone.Store(true)
+			s.replyWithoutFilters(503, "envoy overloaded", "overload")
+			return s.keepAlive()
+		}
+		s.earlyReply(503, "envoy overloaded", "overload")
+		return false
+	}
+
 	h := s.h
 	if s.ri.http10 {
 		if !cfg.AcceptHTTP10 {
@@ -354,6 +367,11 @@ func (s *stream) finish() {
 // earlyReply answers before any filter exists, and closes the connection.
 func (s *stream) earlyReply(status int, body, details string) {
 	s.connClose.Store(true)
+	s.replyWithoutFilters(status, body, details)
+}
+
+// replyWithoutFilters sends a local reply straight to the codec: no filter chain was built.
+func (s *stream) replyWithoutFilters(status int, body, details string) {
 	s.enc = newIterator(nil)
 	s.enc.aborted = func() bool { return false }
 	s.enc.sinkH = s.writeHeaders

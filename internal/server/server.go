@@ -43,6 +43,7 @@ type Server struct {
 	store    *stats.Store
 	clusters *cluster.Manager
 	admin    *admin.Server
+	overload *overloadManager // nil without an overload_manager
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -77,20 +78,16 @@ func (s *Server) Stats() *stats.Store { return s.store }
 func (s *Server) Start() error {
 	s.clusters = cluster.NewManager(s.snap.Clusters, s.store, s.log)
 	builders := Builders(s.clusters, s.log)
-	type ready struct {
-		l   *config.Listener
-		m   *hcm.Manager
-		ln  net.Listener
-		cxT *stats.Counter
-		cxA *stats.Gauge
-		cxD *stats.Counter
-	}
-	var rs []ready
+	s.overload = newOverloadManager(s.snap.Overload, s.store, s.log)
+	var rs []*activeListener
 	for _, l := range s.snap.Listeners {
 		m, err := hcm.New(l.HCM, l.BufferLimit, s.store, builders, s.log)
 		if err != nil {
 			s.Close()
 			return fmt.Errorf("listener %q: %w", l.Name, err)
+		}
+		if s.overload != nil && s.overload.stopRequests != nil {
+			m.SetStopAcceptingRequests(s.overload.shedRequest)
 		}
 		ln, err := net.Listen("tcp", l.Address)
 		if err != nil {
@@ -112,8 +109,9 @@ func (s *Server) Start() error {
 		s.hcms = append(s.hcms, m)
 		s.mu.Unlock()
 		sc := s.store.Scope("listener." + l.StatName)
-		rs = append(rs, ready{l: l, m: m, ln: ln, cxT: sc.Counter("downstream_cx_total"),
-			cxA: sc.Gauge("downstream_cx_active"), cxD: sc.Counter("downstream_cx_destroy")})
+		rs = append(rs, &activeListener{m: m, ln: ln, cxT: sc.Counter("downstream_cx_total"),
+			cxA: sc.Gauge("downstream_cx_active"), cxD: sc.Counter("downstream_cx_destroy"),
+			globalOverflow: sc.Counter("downstream_global_cx_overflow"), limit: newConnLimit(l.ConnectionLimit, s.store)})
 	}
 	if s.snap.Admin != nil {
 		a, err := admin.Start(admin.Options{
@@ -132,16 +130,31 @@ func (s *Server) Start() error {
 		}
 		s.admin = a
 	}
+	s.overload.start(s.ctx, &s.wg)
 	for _, r := range rs {
 		s.wg.Add(1)
-		go s.accept(r.ln, r.m, r.cxT, r.cxA, r.cxD)
+		go s.accept(r)
 	}
 	return nil
 }
 
-// accept is a listener's accept loop; it owns the connection goroutines it starts.
-func (s *Server) accept(ln net.Listener, m *hcm.Manager, cxT *stats.Counter, cxA *stats.Gauge, cxD *stats.Counter) {
+// activeListener is one listener's accept side: its connection manager, socket, stats and
+// connection_limit filter.
+type activeListener struct {
+	m              *hcm.Manager
+	ln             net.Listener
+	cxT, cxD       *stats.Counter // listener.<address>.downstream_cx_total, _destroy
+	cxA            *stats.Gauge   // listener.<address>.downstream_cx_active
+	globalOverflow *stats.Counter // listener.<address>.downstream_global_cx_overflow
+	limit          *connLimit     // nil without a connection_limit filter
+}
+
+// accept is a listener's accept loop; it owns the connection goroutines it starts. As in Envoy,
+// a connection over the global limit is closed at accept and never counts as a listener
+// connection; one over the listener's connection_limit is a connection that the filter closes.
+func (s *Server) accept(r *activeListener) {
 	defer s.wg.Done()
+	ln, m, cxT, cxA, cxD := r.ln, r.m, r.cxT, r.cxA, r.cxD
 	for {
 		nc, err := ln.Accept()
 		if err != nil {
@@ -152,6 +165,11 @@ func (s *Server) accept(ln net.Listener, m *hcm.Manager, cxT *stats.Counter, cxA
 			time.Sleep(10 * time.Millisecond)
 			continue
 		}
+		if !s.overload.tryAllocateConn() {
+			r.globalOverflow.Inc()
+			nc.Close()
+			continue
+		}
 		if tc, ok := nc.(*net.TCPConn); ok {
 			tc.SetNoDelay(true)
 		}
@@ -159,16 +177,27 @@ func (s *Server) accept(ln net.Listener, m *hcm.Manager, cxT *stats.Counter, cxA
 		if s.conns == nil {
 			s.mu.Unlock()
 			nc.Close()
+			s.overload.releaseConn()
 			return
 		}
 		s.conns[nc] = struct{}{}
 		s.mu.Unlock()
 		cxT.Inc()
 		cxA.Inc()
+		admitted := r.limit == nil || r.limit.tryAcquire()
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			m.ServeConn(s.ctx, nc)
+			defer s.overload.releaseConn()
+			switch {
+			case r.limit == nil:
+				m.ServeConn(s.ctx, nc)
+			case admitted:
+				m.ServeConn(s.ctx, nc)
+				r.limit.release()
+			default:
+				s.refuse(nc, m, r.limit.delay)
+			}
 			cxA.Dec()
 			cxD.Inc()
 			s.mu.Lock()
@@ -176,6 +205,27 @@ func (s *Server) accept(ln net.Listener, m *hcm.Manager, cxT *stats.Counter, cxA
 			s.mu.Unlock()
 		}()
 	}
+}
+
+// refuse is the connection_limit filter closing a connection over the limit: it is held for
+// delay without being read (so a client cannot retry at once), then closed with no response. As
+// in Envoy, where the filter chain exists before the limit filter rejects the connection, the
+// HCM counts it in http.<prefix>.downstream_cx_total, _active and _destroy.
+func (s *Server) refuse(nc net.Conn, m *hcm.Manager, delay time.Duration) {
+	st := m.Stats()
+	st.CxTotal.Inc()
+	st.CxActive.Inc()
+	if delay > 0 {
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-s.ctx.Done():
+		}
+		t.Stop()
+	}
+	nc.Close()
+	st.CxActive.Dec()
+	st.CxDestroy.Inc()
 }
 
 // ListenerAddrs returns the bound address of every listener, in config order.

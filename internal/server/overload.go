@@ -1,0 +1,266 @@
+package server
+
+import (
+	"context"
+	"log/slog"
+	"math"
+	"math/rand/v2"
+	"runtime/metrics"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/switchyard-proxy/switchyard/internal/config"
+	"github.com/switchyard-proxy/switchyard/internal/stats"
+)
+
+// overloadManager runs the bootstrap overload_manager the way Envoy's OverloadManagerImpl does:
+// every refresh_interval it reads each resource monitor's pressure (a fraction of its limit),
+// feeds it through the triggers, and sets each action's state in [0, 1] (1 = saturated). The
+// global connection limit is Envoy's "proactive" monitor: it is checked at every accept rather
+// than polled. Stats, with Envoy's names: overload.<monitor>.pressure (percent),
+// overload.<monitor>.failed_updates and skipped_updates, overload.<action>.active (1 when
+// saturated) and overload.<action>.scale_percent.
+//
+// A nil *overloadManager (no overload_manager in the bootstrap) limits nothing.
+type overloadManager struct {
+	interval time.Duration
+	log      *slog.Logger
+
+	maxConns      int64        // global_downstream_max_connections; 0: no global limit
+	conns         atomic.Int64 // downstream connections open on all listeners (admin excluded)
+	connsPressure *stats.Gauge // nil without the connections monitor
+
+	heaps        []*heapMonitor
+	actions      []*overloadAction
+	stopRequests *overloadAction // nil unless envoy.overload_actions.stop_accepting_requests is configured
+}
+
+// heapMonitor is envoy.resource_monitors.fixed_heap: the Go heap in use (live and not yet swept
+// objects plus the unused space of their spans — tcmalloc's "heap size minus free and unmapped
+// pages" in Envoy) over max_heap_size_bytes.
+type heapMonitor struct {
+	name     string
+	max      uint64
+	pressure *stats.Gauge
+}
+
+// overloadAction is one configured action and its current state.
+type overloadAction struct {
+	cfg          *config.OverloadAction
+	state        atomic.Uint64 // math.Float64bits of the state; written by the refresh loop only
+	active       *stats.Gauge
+	scalePercent *stats.Gauge
+}
+
+func newOverloadManager(cfg *config.Overload, st *stats.Store, log *slog.Logger) *overloadManager {
+	if cfg == nil {
+		return nil
+	}
+	o := &overloadManager{interval: cfg.RefreshInterval, log: log, maxConns: cfg.MaxConnections}
+	for _, m := range cfg.Monitors {
+		sc := st.Scope("overload." + m.Name)
+		// Envoy creates these for every monitor; nothing here fails or overlaps, so they stay 0.
+		sc.Counter("failed_updates")
+		sc.Counter("skipped_updates")
+		switch m.Name {
+		case config.FixedHeapMonitor:
+			o.heaps = append(o.heaps, &heapMonitor{name: m.Name, max: m.MaxHeapSizeBytes, pressure: sc.Gauge("pressure")})
+		case config.GlobalConnectionsMonitor:
+			o.connsPressure = sc.Gauge("pressure")
+		}
+	}
+	for _, a := range cfg.Actions {
+		sc := st.Scope("overload." + a.Name)
+		act := &overloadAction{cfg: a, active: sc.Gauge("active"), scalePercent: sc.Gauge("scale_percent")}
+		act.active.Set(0)
+		act.scalePercent.Set(0)
+		o.actions = append(o.actions, act)
+		if a.Name == config.StopAcceptingRequests {
+			o.stopRequests = act
+		}
+	}
+	return o
+}
+
+// start runs the refresh loop until ctx ends; wg tracks it.
+func (o *overloadManager) start(ctx context.Context, wg *sync.WaitGroup) {
+	if o == nil || (len(o.heaps) == 0 && o.connsPressure == nil) {
+		return
+	}
+	wg.Add(1)
+	go o.refreshLoop(ctx, wg)
+}
+
+// refreshLoop re-reads the monitors every refresh_interval; as in Envoy, the first reading comes
+// one interval after start.
+func (o *overloadManager) refreshLoop(ctx context.Context, wg *sync.WaitGroup) {
+	defer wg.Done()
+	t := time.NewTicker(o.interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			o.refresh(heapInUse())
+		}
+	}
+}
+
+// refresh sets every pressure gauge and action state from a heap reading and the open
+// connections.
+func (o *overloadManager) refresh(heap uint64) {
+	pressure := map[string]float64{}
+	for _, h := range o.heaps {
+		p := float64(heap) / float64(h.max)
+		pressure[h.name] = p
+		h.pressure.Set(int64(p * 100))
+	}
+	if o.connsPressure != nil {
+		p := float64(o.conns.Load()) / float64(o.maxConns)
+		pressure[config.GlobalConnectionsMonitor] = p
+		o.connsPressure.Set(int64(p * 100))
+	}
+	for _, a := range o.actions {
+		v := 0.0
+		for _, t := range a.cfg.Triggers {
+			v = max(v, triggerState(t, pressure[t.Resource]))
+		}
+		old := math.Float64frombits(a.state.Swap(math.Float64bits(v)))
+		if (old >= 1) != (v >= 1) {
+			word := "scaling"
+			if v >= 1 {
+				word = "saturated"
+			}
+			o.log.Info("overload action "+word, "action", a.cfg.Name, "state", v)
+		}
+		a.active.Set(boolInt(v >= 1))
+		a.scalePercent.Set(int64(v * 100))
+	}
+}
+
+// triggerState is Envoy's ThresholdTriggerImpl and ScaledTriggerImpl: a threshold trigger is
+// saturated at or above its value; a scaled one is 0 at or below scaling_threshold, 1 at or above
+// saturation_threshold, and linear in between.
+func triggerState(t *config.OverloadTrigger, pressure float64) float64 {
+	if !t.Scaled {
+		if pressure >= t.Threshold {
+			return 1
+		}
+		return 0
+	}
+	switch {
+	case pressure <= t.ScalingThreshold:
+		return 0
+	case pressure >= t.SaturationThreshold:
+		return 1
+	default:
+		return (pressure - t.ScalingThreshold) / (t.SaturationThreshold - t.ScalingThreshold)
+	}
+}
+
+// shedRequest is stop_accepting_requests as the HCM asks it for each new request: Envoy sheds a
+// request with a probability equal to the action's state, so a saturated action sheds them all.
+func (o *overloadManager) shedRequest() bool {
+	v := math.Float64frombits(o.stopRequests.state.Load())
+	switch {
+	case v <= 0:
+		return false
+	case v >= 1:
+		return true
+	default:
+		return rand.Float64() < v
+	}
+}
+
+// tryAllocateConn takes one of the global connections, reporting false when all are taken.
+func (o *overloadManager) tryAllocateConn() bool {
+	if o == nil || o.maxConns <= 0 {
+		return true
+	}
+	for {
+		n := o.conns.Load()
+		if n >= o.maxConns {
+			return false
+		}
+		if o.conns.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}
+
+// releaseConn gives back a connection taken by tryAllocateConn.
+func (o *overloadManager) releaseConn() {
+	if o == nil || o.maxConns <= 0 {
+		return
+	}
+	o.conns.Add(-1)
+}
+
+// heapSamples are the runtime/metrics that make up the heap in use.
+var heapSamples = [...]string{"/memory/classes/heap/objects:bytes", "/memory/classes/heap/unused:bytes"}
+
+// heapInUse returns the bytes of heap spans in use: objects plus the free space inside their spans.
+func heapInUse() uint64 {
+	s := make([]metrics.Sample, len(heapSamples))
+	for i, n := range heapSamples {
+		s[i].Name = n
+	}
+	metrics.Read(s)
+	var total uint64
+	for _, x := range s {
+		if x.Value.Kind() == metrics.KindUint64 {
+			total += x.Value.Uint64()
+		}
+	}
+	return total
+}
+
+func boolInt(b bool) int64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// connLimit is a listener's envoy.filters.network.connection_limit: at most max connections open
+// at once; the next ones are accepted, held for delay without being read, and closed. Stats:
+// connection_limit.<stat_prefix>.limited_connections and active_connections.
+type connLimit struct {
+	max     int64
+	delay   time.Duration
+	n       atomic.Int64
+	active  *stats.Gauge
+	limited *stats.Counter
+}
+
+func newConnLimit(cfg *config.ConnectionLimit, st *stats.Store) *connLimit {
+	if cfg == nil {
+		return nil
+	}
+	sc := st.Scope("connection_limit." + cfg.StatPrefix)
+	return &connLimit{max: cfg.MaxConnections, delay: cfg.Delay, active: sc.Gauge("active_connections"),
+		limited: sc.Counter("limited_connections")}
+}
+
+// tryAcquire counts a new connection in, or counts it limited and reports false.
+func (l *connLimit) tryAcquire() bool {
+	for {
+		n := l.n.Load()
+		if n >= l.max {
+			l.limited.Inc()
+			return false
+		}
+		if l.n.CompareAndSwap(n, n+1) {
+			l.active.Inc()
+			return true
+		}
+	}
+}
+
+// release counts a connection admitted by tryAcquire out.
+func (l *connLimit) release() {
+	l.n.Add(-1)
+	l.active.Dec()
+}

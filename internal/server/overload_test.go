@@ -1,0 +1,132 @@
+package server
+
+import (
+	"io"
+	"log/slog"
+	"math"
+	"testing"
+
+	"github.com/switchyard-proxy/switchyard/internal/config"
+	"github.com/switchyard-proxy/switchyard/internal/stats"
+)
+
+func TestTriggerState(t *testing.T) {
+	threshold := &config.OverloadTrigger{Threshold: 0.5}
+	scaled := &config.OverloadTrigger{Scaled: true, ScalingThreshold: 0.5, SaturationThreshold: 0.9}
+	tests := []struct {
+		name     string
+		trigger  *config.OverloadTrigger
+		pressure float64
+		want     float64
+	}{
+		{"threshold below", threshold, 0.49, 0},
+		{"threshold at", threshold, 0.5, 1},
+		{"threshold far above", threshold, 1e6, 1},
+		{"scaled at scaling threshold", scaled, 0.5, 0},
+		{"scaled halfway", scaled, 0.7, 0.5},
+		{"scaled at saturation", scaled, 0.9, 1},
+		{"scaled above saturation", scaled, 3, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := triggerState(tt.trigger, tt.pressure); math.Abs(got-tt.want) > 1e-9 {
+				t.Errorf("triggerState(%v) = %v, want %v", tt.pressure, got, tt.want)
+			}
+		})
+	}
+}
+
+// TestOverloadRefresh: the pressure gauges are percents, an action takes its highest trigger,
+// and active / scale_percent follow it.
+func TestOverloadRefresh(t *testing.T) {
+	cfg := &config.Overload{MaxConnections: 4,
+		Monitors: []*config.ResourceMonitor{{Name: config.FixedHeapMonitor, MaxHeapSizeBytes: 1000}, {Name: config.GlobalConnectionsMonitor, MaxConnections: 4}},
+		Actions: []*config.OverloadAction{{Name: config.StopAcceptingRequests, Triggers: []*config.OverloadTrigger{
+			{Resource: config.FixedHeapMonitor, Scaled: true, ScalingThreshold: 0.5, SaturationThreshold: 0.9},
+			{Resource: config.GlobalConnectionsMonitor, Threshold: 0.75},
+		}}}}
+	tests := []struct {
+		name                    string
+		heap                    uint64
+		conns                   int
+		heapPct, connsPct       int64
+		active, scale           int64
+		shedsAlways, shedsNever bool
+	}{
+		{"idle", 100, 0, 10, 0, 0, 0, false, true},
+		{"heap scaling", 800, 1, 80, 25, 0, 75, false, false},
+		{"connections saturate", 700, 3, 70, 75, 1, 100, true, false},
+		{"heap over its limit", 2500, 0, 250, 0, 1, 100, true, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			st := stats.NewStore()
+			o := newOverloadManager(cfg, st, slog.New(slog.NewTextHandler(io.Discard, nil)))
+			for range tt.conns {
+				if !o.tryAllocateConn() {
+					t.Fatal("tryAllocateConn refused below the limit")
+				}
+			}
+			o.refresh(tt.heap)
+			checks := map[string]int64{
+				"overload.envoy.resource_monitors.fixed_heap.pressure":                        tt.heapPct,
+				"overload.envoy.resource_monitors.global_downstream_max_connections.pressure": tt.connsPct,
+				"overload.envoy.overload_actions.stop_accepting_requests.active":              tt.active,
+				"overload.envoy.overload_actions.stop_accepting_requests.scale_percent":       tt.scale,
+			}
+			for name, want := range checks {
+				if got := st.Gauge(name).Value(); got != want {
+					t.Errorf("%s = %d, want %d", name, got, want)
+				}
+			}
+			sheds := 0
+			for range 200 {
+				if o.shedRequest() {
+					sheds++
+				}
+			}
+			if tt.shedsAlways && sheds != 200 || tt.shedsNever && sheds != 0 {
+				t.Errorf("shed %d of 200 requests", sheds)
+			}
+			if !tt.shedsAlways && !tt.shedsNever && (sheds == 0 || sheds == 200) {
+				t.Errorf("a half-scaled action shed %d of 200 requests", sheds)
+			}
+		})
+	}
+}
+
+func TestGlobalConnectionLimit(t *testing.T) {
+	o := newOverloadManager(&config.Overload{MaxConnections: 2}, stats.NewStore(), slog.Default())
+	got := []bool{o.tryAllocateConn(), o.tryAllocateConn(), o.tryAllocateConn()}
+	if got[0] != true || got[1] != true || got[2] != false {
+		t.Fatalf("allocations with max 2: %v", got)
+	}
+	o.releaseConn()
+	if !o.tryAllocateConn() {
+		t.Error("a released connection was not given back")
+	}
+	var none *overloadManager
+	if !none.tryAllocateConn() {
+		t.Error("no overload manager must not limit connections")
+	}
+	none.releaseConn()
+}
+
+func TestConnLimit(t *testing.T) {
+	st := stats.NewStore()
+	l := newConnLimit(&config.ConnectionLimit{StatPrefix: "cl", MaxConnections: 2}, st)
+	got := []bool{l.tryAcquire(), l.tryAcquire(), l.tryAcquire(), l.tryAcquire()}
+	if got[0] != true || got[1] != true || got[2] != false || got[3] != false {
+		t.Fatalf("acquisitions with max 2: %v", got)
+	}
+	if a, n := st.Gauge("connection_limit.cl.active_connections").Value(), st.Counter("connection_limit.cl.limited_connections").Value(); a != 2 || n != 2 {
+		t.Errorf("active_connections %d limited_connections %d, want 2 and 2", a, n)
+	}
+	l.release()
+	if !l.tryAcquire() {
+		t.Error("a released connection was not given back")
+	}
+	if newConnLimit(nil, st) != nil {
+		t.Error("no connection_limit filter must give a nil limit")
+	}
+}
