@@ -117,6 +117,17 @@ func (s *ServerStream) Read(p []byte) (int, error) {
 	}
 }
 
+// WaitReadable blocks until a Read would return at once — data, END_STREAM or an error — without
+// taking any bytes, so a caller borrows a buffer only when there is something to copy into it.
+func (s *ServerStream) WaitReadable() {
+	c := s.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for s.err == nil && s.buf.n == 0 && !s.remoteClosed {
+		s.cond.Wait()
+	}
+}
+
 // WriteHeaders sends the response headers, given in the internal shape: ResponseToH2 runs on a
 // copy (for an extended CONNECT a 101 becomes 200). 1xx responses may precede the final one;
 // end=true sends END_STREAM (no body). Trailers are not supported.

@@ -148,6 +148,25 @@ func (s *ClientStream) Read(p []byte) (int, error) {
 	}
 }
 
+// WaitReadable blocks until a Read would return at once — data, END_STREAM or an error — without
+// taking any bytes, so a caller borrows a buffer only when there is something to copy into it.
+func (s *ClientStream) WaitReadable() {
+	c := s.c
+	for {
+		c.mu.Lock()
+		ready := s.rerr != nil || s.roff < len(s.rbuf) || s.recvEnd
+		c.mu.Unlock()
+		if ready {
+			return
+		}
+		select {
+		case <-s.readNotify:
+		case <-s.ctx.Done():
+			s.onCtxDone()
+		}
+	}
+}
+
 // Write sends request DATA: split into frames no larger than the peer's MAX_FRAME_SIZE and
 // blocked by the peer's stream and connection windows. end sets END_STREAM on the last frame,
 // half-closing the request side; Write(nil, true) sends an empty DATA frame with END_STREAM.
