@@ -176,7 +176,15 @@ func (u *h1Upstream) openTunnel() {
 	u.body, u.cw = nil, nil
 }
 
-func (u *h1Upstream) close() { u.lease.Conn.Close() }
+// close aborts the exchange. Once the tunnel is open the hijacked connection is the one to
+// close: closing it returns its max_connections slot and updates upstream_cx_active.
+func (u *h1Upstream) close() {
+	if u.conn != nil {
+		u.conn.Close()
+		return
+	}
+	u.lease.Conn.Close()
+}
 
 func (u *h1Upstream) release(reusable bool) {
 	if u.conn != nil {
