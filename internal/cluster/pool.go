@@ -197,6 +197,9 @@ func (l *Lease) Hijack() net.Conn {
 			return nil
 		}
 		l.hijacked = &hijackedConn{Conn: l.pc.conn, pc: l.pc}
+		// The connection never goes back to the pool: let its buffers go, so an idle tunnel
+		// holds no copy buffer (take any buffered bytes before hijacking).
+		l.pc.r, l.pc.w = nil, nil
 	}
 	return l.hijacked
 }

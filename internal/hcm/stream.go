@@ -493,6 +493,11 @@ func (s *stream) EncodeHeaders(h *headers.Map, end bool) {
 func (s *stream) EncodeData(b *buffer.Buffer, end bool) {
 	s.encMu.Lock()
 	defer s.encMu.Unlock()
+	if s.closeSent && end && !s.downEnded.Load() {
+		// The upstream answered the drain's Close by ending its half: now the tunnel may end.
+		s.downEnded.Store(true)
+		s.maybeTunnelDone()
+	}
 	if !s.respStarted.Load() || s.respEnded || s.wasReset.Load() {
 		return
 	}
@@ -624,7 +629,14 @@ func (s *stream) closeTowardClientLocked() {
 		}
 	}
 	s.closeSent = true
-	s.finishResponse()
+	// Half-close toward the client, but the upstream's half has not ended: it still owes its
+	// answer to the Close the router sent it, and closing its socket with that answer unread
+	// would reset it (RST) before it reads our Close. EncodeData ends the tunnel when the
+	// upstream ends its half; the server closes whatever is left after a grace period.
+	s.respEnded = true
+	if err := s.down.closeTunnelWrite(); err != nil {
+		s.reset("half_close_failed")
+	}
 }
 
 // finishResponse ends the response: the last chunk, or the tunnel's half-close toward the client.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"runtime"
 	"syscall"
 
 	"github.com/switchyard-proxy/switchyard/buffer"
@@ -65,6 +66,13 @@ func ReadSlab(c net.Conn) (*[]byte, int, error) {
 // ReadSlabFrom reads from r (a body reader, an HTTP/2 stream) into a pooled slab, with ReadSlab's
 // contract: n > 0 with a nil error, or no slab and an error (io.EOF at the end).
 func ReadSlabFrom(r io.Reader) (*[]byte, int, error) {
+	if w, ok := r.(interface{ WaitReadable() }); ok {
+		w.WaitReadable() // an HTTP/2 stream: no slab while it is idle
+	}
+	// A pump whose peer always has bytes ready never parks, and Go preempts a running goroutine
+	// only after 10 ms: with the CPU saturated, a hundred busy tunnels made a quiet tunnel and the
+	// admin endpoint wait seconds. Yielding once per slab bounds the wait to one slab per pump.
+	runtime.Gosched()
 	slab := buffer.GetSlab()
 	n, err := r.Read(*slab)
 	if n == 0 {
