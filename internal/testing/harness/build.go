@@ -54,15 +54,17 @@ func StartNoRace(t testing.TB, yaml string, extraArgs ...string) *Proxy {
 }
 
 // startBinary is Start for a given binary.
-// TODO: Start in proxy.go is the same code with Binary(t); it can become a call to this.
 func startBinary(t testing.TB, bin, yaml string, extraArgs ...string) *Proxy {
 	t.Helper()
 	cfg := filepath.Join(t.TempDir(), "envoy.yaml")
 	if err := os.WriteFile(cfg, []byte(yaml), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// A short drain time bounds how long a failed test's leftover connections can hold the
+	// process at SIGTERM; tests of draining pass their own.
 	args := append([]string{"-c", cfg, "-l", "debug", "--drain-time-s", "5"}, extraArgs...)
 	cmd := exec.Command(bin, args...)
+	// A -race binary sleeps a second at exit by default; the tests stop many proxies.
 	cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0 halt_on_error=0")
 	stderr, err := cmd.StderrPipe()
 	if err != nil {

@@ -3,10 +3,8 @@
 package harness
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -87,64 +85,7 @@ var (
 // fails if it wrote a data race report.
 func Start(t testing.TB, yaml string, extraArgs ...string) *Proxy {
 	t.Helper()
-	bin := Binary(t)
-	cfg := filepath.Join(t.TempDir(), "envoy.yaml")
-	if err := os.WriteFile(cfg, []byte(yaml), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	// A short drain time bounds how long a failed test's leftover connections can hold the
-	// process at SIGTERM; tests of draining pass their own.
-	args := append([]string{"-c", cfg, "-l", "debug", "--drain-time-s", "5"}, extraArgs...)
-	cmd := exec.Command(bin, args...)
-	// A -race binary sleeps a second at exit by default; the tests stop many proxies.
-	cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0 halt_on_error=0")
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stdout = io.Discard
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p := &Proxy{t: t, cmd: cmd, Listeners: map[string]string{}, exited: make(chan struct{})}
-	ready := make(chan struct{})
-	var readyOnce sync.Once
-	wantListeners := strings.Count(yaml, "filter_chains:")
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		sc.Buffer(make([]byte, 64<<10), 1<<20)
-		for sc.Scan() {
-			line := sc.Text()
-			p.mu.Lock()
-			p.log.WriteString(line + "\n")
-			if m := listenRe.FindStringSubmatch(line); m != nil {
-				p.Listeners[m[1]] = m[2]
-			}
-			if m := adminRe.FindStringSubmatch(line); m != nil {
-				p.Admin = m[1]
-			}
-			done := p.Admin != "" && len(p.Listeners) >= wantListeners
-			p.mu.Unlock()
-			if done {
-				readyOnce.Do(func() { close(ready) })
-			}
-		}
-	}()
-	go func() {
-		p.exitErr = cmd.Wait()
-		close(p.exited)
-	}()
-	select {
-	case <-ready:
-	case <-p.exited:
-		t.Fatalf("switchyard exited at start: %v\n%s", p.exitErr, p.Log())
-	case <-time.After(20 * time.Second):
-		cmd.Process.Kill()
-		t.Fatalf("switchyard did not start in time\n%s", p.Log())
-	}
-	p.baseline = p.Stat("server.goroutines")
-	t.Cleanup(p.Stop)
-	return p
+	return startBinary(t, Binary(t), yaml, extraArgs...)
 }
 
 // CheckNoLeaks fails the test unless the proxy's goroutine count returns to what it was right
