@@ -30,6 +30,7 @@ type h1Stream struct {
 	req  *http1.Request
 	ri   requestInfo
 	body *http1.BodyReader
+	raw  *tunnel.SlabReader // the tunnel's reads, once the connection switched
 
 	// Owned by the encode side.
 	mode       bodyMode
@@ -81,7 +82,10 @@ func (d *h1Stream) read(tunnelMode bool) (*[]byte, int, error) {
 				return slab, m, nil
 			}
 		}
-		return tunnel.ReadSlab(c.nc)
+		if d.raw == nil {
+			d.raw = tunnel.NewSlabReader(c.nc)
+		}
+		return d.raw.Read()
 	}
 	if d.body == nil {
 		d.body = http1.NewBodyReader(c.br, d.req.ContentLength, d.req.Chunked, false)

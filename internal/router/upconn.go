@@ -51,9 +51,10 @@ type h1Upstream struct {
 	cw      *http1.ChunkedWriter
 	body    *http1.BodyReader
 	conn    net.Conn // set when the tunnel opens
-	early   []byte   // bytes that came with the 101
-	accept  string   // the Sec-WebSocket-Accept we expect, when we made the key up
-	makeKey bool     // the request came over HTTP/2 and may lack Sec-WebSocket-Key
+	raw     *tunnel.SlabReader
+	early   []byte // bytes that came with the 101
+	accept  string // the Sec-WebSocket-Accept we expect, when we made the key up
+	makeKey bool   // the request came over HTTP/2 and may lack Sec-WebSocket-Key
 	resp    *http1.Response
 }
 
@@ -158,7 +159,7 @@ func (u *h1Upstream) read() (*[]byte, int, error) {
 			u.early = u.early[n:]
 			return slab, n, nil
 		}
-		return tunnel.ReadSlab(u.conn)
+		return u.raw.Read()
 	}
 	if u.body == nil {
 		return nil, 0, io.EOF
@@ -172,6 +173,7 @@ func (u *h1Upstream) openTunnel() {
 		u.early = append([]byte(nil), p...)
 	}
 	u.conn = u.lease.Hijack()
+	u.raw = tunnel.NewSlabReader(u.conn)
 	u.lease.Reader, u.lease.Writer = nil, nil // an idle tunnel keeps no copy buffers
 	u.body, u.cw = nil, nil
 }

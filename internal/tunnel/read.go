@@ -12,56 +12,80 @@ import (
 	"github.com/switchyard-proxy/switchyard/buffer"
 )
 
-// WaitReadable blocks until c has bytes (or EOF, or an error) to read, without taking any buffer:
-// it peeks one byte with MSG_PEEK into the stack. Connections that are not plain sockets return at
-// once. Wrappers that expose NetConn() (like *tls.Conn) are looked through: for TLS this only
-// says that a record has started to arrive. It returns the socket error, if any, so a reset is seen here.
-func WaitReadable(c net.Conn) error {
+// SlabReader is one pump's reader of a connection. It waits for readability without taking any
+// buffer — a one-byte MSG_PEEK into the stack — and then reads into a pooled slab, so an idle
+// tunnel holds no copy buffer; it keeps its raw connection and poller callback, so a read
+// allocates nothing. Connections that are not plain sockets skip the wait. Wrappers that expose
+// NetConn() (like *tls.Conn) are looked through: for TLS that only says a record has started to
+// arrive. Owned by one goroutine.
+type SlabReader struct {
+	c       net.Conn
+	rc      syscall.RawConn // nil: no socket to wait on
+	peekErr error
+	peek    func(fd uintptr) bool
+}
+
+// NewSlabReader prepares reads of c.
+func NewSlabReader(c net.Conn) *SlabReader {
+	r := &SlabReader{c: c}
+	inner := c
 	for {
-		u, ok := c.(interface{ NetConn() net.Conn })
+		u, ok := inner.(interface{ NetConn() net.Conn })
 		if !ok {
 			break
 		}
-		c = u.NetConn()
+		inner = u.NetConn()
 	}
-	sc, ok := c.(syscall.Conn)
-	if !ok {
-		return nil
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return nil
-	}
-	var peekErr error
-	err = rc.Read(func(fd uintptr) bool {
-		var b [1]byte
-		_, _, e := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		if e == syscall.EAGAIN || e == syscall.EWOULDBLOCK {
-			return false // not ready: park in the poller
+	if sc, ok := inner.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			r.rc = rc
 		}
-		if e == syscall.EINTR {
-			return false
-		}
-		if e != nil {
-			peekErr = e
-		}
-		return true
-	})
-	if err != nil {
-		return err
 	}
-	return peekErr
+	r.peek = r.peekOnce
+	return r
 }
 
-// ReadSlab waits for c to be readable, then reads into a pooled slab. The caller owns the slab and
-// must return it with buffer.PutSlab once the n bytes are written out. On error the slab is
-// already returned.
-func ReadSlab(c net.Conn) (*[]byte, int, error) {
-	if err := WaitReadable(c); err != nil {
+// peekOnce is the poller callback: false parks the goroutine until the socket is readable.
+func (r *SlabReader) peekOnce(fd uintptr) bool {
+	var b [1]byte
+	_, _, e := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+	switch {
+	case e == syscall.EAGAIN || e == syscall.EWOULDBLOCK || e == syscall.EINTR:
+		return false
+	case e != nil:
+		r.peekErr = e
+	}
+	return true
+}
+
+// Wait blocks until the connection has bytes, EOF or an error to read. It returns the socket
+// error, if any, so a reset is seen here.
+func (r *SlabReader) Wait() error {
+	if r.rc == nil {
+		return nil
+	}
+	r.peekErr = nil
+	if err := r.rc.Read(r.peek); err != nil {
+		return err
+	}
+	return r.peekErr
+}
+
+// Read waits for the connection to be readable, then reads into a pooled slab. The caller owns
+// the slab and returns it with buffer.PutSlab once the n bytes are written out. On error there is
+// no slab.
+func (r *SlabReader) Read() (*[]byte, int, error) {
+	if err := r.Wait(); err != nil {
 		return nil, 0, err
 	}
-	return ReadSlabFrom(c)
+	return ReadSlabFrom(r.c)
 }
+
+// WaitReadable is a one-off SlabReader.Wait, for callers without a reader of their own.
+func WaitReadable(c net.Conn) error { return NewSlabReader(c).Wait() }
+
+// ReadSlab is a one-off SlabReader.Read. Pumps keep a SlabReader instead: it allocates nothing.
+func ReadSlab(c net.Conn) (*[]byte, int, error) { return NewSlabReader(c).Read() }
 
 // ReadSlabFrom reads from r (a body reader, an HTTP/2 stream) into a pooled slab, with ReadSlab's
 // contract: n > 0 with a nil error, or no slab and an error (io.EOF at the end).

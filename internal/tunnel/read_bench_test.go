@@ -72,6 +72,21 @@ func BenchmarkReadSlab(b *testing.B) {
 }
 
 // BenchmarkReadSlabFrom is the plain read into a pooled slab, without the readability wait.
+// BenchmarkSlabReader is the pumps' steady state: a reader kept per tunnel side.
+func BenchmarkSlabReader(b *testing.B) {
+	client, server := benchPair(b)
+	r := NewSlabReader(server)
+	p := make([]byte, 1024)
+	b.SetBytes(int64(len(p)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := client.Write(p); err != nil {
+			b.Fatal(err)
+		}
+		readAll(b, server, len(p), func(net.Conn) (*[]byte, int, error) { return r.Read() })
+	}
+}
+
 func BenchmarkReadSlabFrom(b *testing.B) {
 	client, server := benchPair(b)
 	p := make([]byte, 1024)
