@@ -50,7 +50,7 @@ func TestH2SpecAgainstProxy(t *testing.T) {
 			yaml = strings.Replace(yaml, "    - filters:\n", tc.chain, 1)
 			p := harness.Start(t, yaml)
 			host, port := splitAddr(t, p.Addr(""))
-			args := []string{"-h", host, "-p", port, "-S", "-o", "5"}
+			args := []string{"-h", host, "-p", port, "-S", "-o", "15"}
 			if tc.tls {
 				args = append(args, "-t", "-k")
 			}

@@ -27,7 +27,7 @@ func TestH2Spec(t *testing.T) {
 			_, port, _ := net.SplitHostPort(ts.addr())
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 			defer cancel()
-			out, err := exec.CommandContext(ctx, bin, "-h", "127.0.0.1", "-p", port, "-S", "-o", "2").CombinedOutput()
+			out, err := exec.CommandContext(ctx, bin, "-h", "127.0.0.1", "-p", port, "-S", "-o", "10").CombinedOutput()
 			m := regexp.MustCompile(`(\d+) tests, (\d+) passed, (\d+) skipped, (\d+) failed`).FindSubmatch(out)
 			if m == nil {
 				t.Fatalf("h2spec: %v\n%s", err, out)
