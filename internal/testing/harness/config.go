@@ -59,7 +59,7 @@ static_resources:
   clusters:
   - name: app
     type: STATIC
-    connect_timeout: 1s
+    connect_timeout: 5s
 %s    load_assignment:
       cluster_name: app
       endpoints:
