@@ -213,6 +213,9 @@ func (c *countingConn) Write(p []byte) (int, error) {
 	return n, err
 }
 
+// CountRead counts bytes a tunnel read from the socket underneath (tunnel.SlabReader's fast path).
+func (c *countingConn) CountRead(n int) { c.rx.Add(uint64(n)) }
+
 // NetConn exposes the socket so the tunnel can wait for readability without a buffer.
 func (c *countingConn) NetConn() net.Conn { return c.Conn }
 

@@ -3,6 +3,7 @@
 package tunnel
 
 import (
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -23,13 +24,35 @@ type SlabReader struct {
 	rc      syscall.RawConn // nil: no socket to wait on
 	peekErr error
 	peek    func(fd uintptr) bool
+
+	// The fast path reads the socket directly, skipping the readability check while data streams
+	// (that check was a fifth of the proxy's CPU in a profile): only when no TLS sits between c and
+	// the socket. Bytes read so are reported to c's ReadCounter, if it has one.
+	direct    bool
+	counter   ReadCounter
+	slab      *[]byte
+	n         int
+	readErr   error
+	again     bool
+	readFirst bool // the last read filled its slab: try reading before waiting
+	read      func(fd uintptr) bool
+}
+
+// ReadCounter is implemented by connection wrappers that count the bytes read through them, so
+// a SlabReader that reads the socket underneath still counts.
+type ReadCounter interface {
+	CountRead(n int)
 }
 
 // NewSlabReader prepares reads of c.
 func NewSlabReader(c net.Conn) *SlabReader {
 	r := &SlabReader{c: c}
 	inner := c
+	transparent := true // every wrapper passes bytes through unchanged
 	for {
+		if _, ok := inner.(*tls.Conn); ok {
+			transparent = false
+		}
 		u, ok := inner.(interface{ NetConn() net.Conn })
 		if !ok {
 			break
@@ -42,7 +65,23 @@ func NewSlabReader(c net.Conn) *SlabReader {
 		}
 	}
 	r.peek = r.peekOnce
+	r.read = r.readOnce
+	r.direct = r.rc != nil && transparent
+	r.counter, _ = c.(ReadCounter)
 	return r
+}
+
+// readOnce is the fast path's poller callback: one non-blocking read into the slab, never parking
+// (a parked read would hold the slab while the tunnel is idle).
+func (r *SlabReader) readOnce(fd uintptr) bool {
+	for {
+		r.n, r.readErr = syscall.Read(int(fd), *r.slab)
+		if r.readErr != syscall.EINTR {
+			break
+		}
+	}
+	r.again = r.readErr == syscall.EAGAIN || r.readErr == syscall.EWOULDBLOCK
+	return true
 }
 
 // peekOnce is the poller callback: false parks the goroutine until the socket is readable.
@@ -75,6 +114,44 @@ func (r *SlabReader) Wait() error {
 // the slab and returns it with buffer.PutSlab once the n bytes are written out. On error there is
 // no slab.
 func (r *SlabReader) Read() (*[]byte, int, error) {
+	if r.direct {
+		// A read that filled the slab suggests more is waiting: read straight away next time (one
+		// syscall per slab while bulk data streams). Otherwise — request/response traffic, an idle
+		// tunnel — wait for readability without a buffer first, as a plain read would park
+		// holding one.
+		for {
+			if !r.readFirst {
+				if err := r.Wait(); err != nil {
+					return nil, 0, err
+				}
+			}
+			r.slab = buffer.GetSlab()
+			err := r.rc.Read(r.read)
+			slab := r.slab
+			r.slab = nil
+			switch {
+			case err != nil:
+				buffer.PutSlab(slab)
+				return nil, 0, err
+			case r.again:
+				buffer.PutSlab(slab)
+				r.readFirst = false
+				continue
+			case r.readErr != nil:
+				buffer.PutSlab(slab)
+				return nil, 0, r.readErr
+			case r.n <= 0:
+				buffer.PutSlab(slab)
+				return nil, 0, io.EOF
+			}
+			r.readFirst = r.n == len(*slab)
+			if r.counter != nil {
+				r.counter.CountRead(r.n)
+			}
+			runtime.Gosched() // fairness under saturation; see ReadSlabFrom
+			return slab, r.n, nil
+		}
+	}
 	if err := r.Wait(); err != nil {
 		return nil, 0, err
 	}

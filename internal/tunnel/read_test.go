@@ -1,6 +1,8 @@
 package tunnel
 
 import (
+	"bytes"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -100,5 +102,69 @@ func TestWaitReadableSeesReset(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("ReadSlab did not return after a reset")
+	}
+}
+
+// countedConn counts what is read through it, like the connection manager's wrapper.
+type countedConn struct {
+	net.Conn
+	n int
+}
+
+func (c *countedConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.n += n
+	return n, err
+}
+func (c *countedConn) CountRead(n int)   { c.n += n }
+func (c *countedConn) NetConn() net.Conn { return c.Conn }
+
+// TestSlabReaderStreamsAndCounts: the fast path reads the socket under a counting wrapper, gets
+// every byte in order (slabs filled back to back while data streams), counts them all, and ends
+// with EOF.
+func TestSlabReaderStreamsAndCounts(t *testing.T) {
+	client, server := tcpPair(t)
+	cc := &countedConn{Conn: server}
+	r := NewSlabReader(cc)
+	if !r.direct {
+		t.Fatal("a counting wrapper over TCP should take the fast path")
+	}
+	want := make([]byte, 1<<20)
+	for i := range want {
+		want[i] = byte(i * 7)
+	}
+	go func() {
+		client.Write(want)
+		CloseWrite(client)
+	}()
+	var got []byte
+	for {
+		slab, n, err := r.Read()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, (*slab)[:n]...)
+		buffer.PutSlab(slab)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("got %d bytes, want %d, equal=%v", len(got), len(want), bytes.Equal(got, want))
+	}
+	if cc.n != len(want) {
+		t.Errorf("counted %d bytes, want %d", cc.n, len(want))
+	}
+}
+
+// TestSlabReaderNotDirectUnderTLS: bytes under TLS are ciphertext, so a TLS connection never
+// takes the fast path.
+func TestSlabReaderNotDirectUnderTLS(t *testing.T) {
+	_, server := tcpPair(t)
+	if NewSlabReader(tls.Server(server, &tls.Config{})).direct {
+		t.Fatal("TLS connection took the raw-socket fast path")
+	}
+	if NewSlabReader(&countedConn{Conn: tls.Server(server, &tls.Config{})}).direct {
+		t.Fatal("a wrapper over TLS took the raw-socket fast path")
 	}
 }
