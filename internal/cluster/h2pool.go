@@ -161,6 +161,10 @@ func h2ClientConfig(o *config.HTTP2Options, st *http2.Stats) client.Config {
 	if o != nil {
 		cfg.InitialStreamWindowSize = o.InitialStreamWindowSize
 		cfg.InitialConnectionWindowSize = o.InitialConnectionWindowSize
+		cfg.Keepalive = http2.KeepaliveConfig{
+			Interval: o.KeepaliveInterval, Timeout: o.KeepaliveTimeout, IntervalJitter: o.KeepaliveIntervalJitter,
+			ConnectionIdleInterval: o.KeepaliveConnectionIdleInterval,
+		}
 	}
 	return cfg
 }

@@ -39,7 +39,9 @@ var allowList = map[protoreflect.FullName]string{
 	"envoy.config.core.v3.Http2ProtocolOptions": "allow_connect max_concurrent_streams initial_stream_window_size " +
 		"initial_connection_window_size override_stream_error_on_invalid_http_message stream_error_on_invalid_http_messaging " +
 		"max_outbound_frames max_outbound_control_frames max_consecutive_inbound_frames_with_empty_payload " +
-		"max_inbound_priority_frames_per_stream max_inbound_window_update_frames_per_data_frame_sent",
+		"max_inbound_priority_frames_per_stream max_inbound_window_update_frames_per_data_frame_sent connection_keepalive",
+	"envoy.config.core.v3.KeepaliveSettings":         "interval timeout interval_jitter connection_idle_interval",
+	"envoy.type.v3.Percent":                          "value",
 	"envoy.extensions.filters.http.router.v3.Router": "",
 	"envoy.extensions.filters.http.buffer.v3.Buffer": "max_request_bytes",
 
@@ -116,10 +118,9 @@ var notSupportedWhy = map[protoreflect.FullName]string{
 	"envoy.config.core.v3.DataSource":                                                                          "use filename or inline_string",
 
 	"envoy.config.core.v3.Http2ProtocolOptions.hpack_table_size":           "the HPACK table size is fixed at the RFC 9113 default of 4096",
-	"envoy.config.core.v3.Http2ProtocolOptions.connection_keepalive":       "HTTP/2 PING keepalives are not implemented",
 	"envoy.config.core.v3.Http2ProtocolOptions.allow_metadata":             "METADATA frames are not supported",
 	"envoy.config.core.v3.Http2ProtocolOptions.custom_settings_parameters": "custom SETTINGS are not supported",
-	"envoy.config.core.v3.Http2ProtocolOptions":                            "switchyard implements allow_connect, max_concurrent_streams, the window sizes, override_stream_error_on_invalid_http_message and the flood limits (max_outbound_frames ...)",
+	"envoy.config.core.v3.Http2ProtocolOptions":                            "switchyard implements allow_connect, max_concurrent_streams, the window sizes, override_stream_error_on_invalid_http_message, connection_keepalive and the flood limits (max_outbound_frames ...)",
 
 	"envoy.config.cluster.v3.Cluster.upstream_http_protocol_options":                                          "auto_sni and auto_san_validation are not supported; set sni in the UpstreamTlsContext",
 	"envoy.config.cluster.v3.Cluster.common_http_protocol_options":                                            "upstream connection idle timeouts and limits are not supported yet",

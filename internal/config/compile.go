@@ -183,6 +183,10 @@ func (c *compiler) hcm(h *hcmv3.HttpConnectionManager, p path) *HCM {
 		c.fail(p.field("codec_type"), "codec_type %s is not supported by switchyard (HTTP/3 and QUIC are not implemented)", h.GetCodecType())
 	}
 	out.HTTP2 = http2Options(h.GetHttp2ProtocolOptions(), h.GetStreamErrorOnInvalidHttpMessage())
+	if h.GetHttp2ProtocolOptions().GetConnectionKeepalive().GetConnectionIdleInterval() != nil {
+		c.warn(p.field("http2_protocol_options").field("connection_keepalive").field("connection_idle_interval"),
+			"applies to upstream connections only (as in Envoy): a listener ignores it")
+	}
 	if se := h.GetStreamErrorOnInvalidHttpMessage(); se.GetValue() && out.Codec != CodecHTTP2 {
 		c.warn(p.field("stream_error_on_invalid_http_message"), "applies to HTTP/2 only in switchyard: "+
 			"a malformed HTTP/1.1 request still closes its connection (Envoy would keep it open when the request was read whole)")

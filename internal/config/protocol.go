@@ -35,6 +35,16 @@ func http2Options(o *corev3.Http2ProtocolOptions, hcmStreamError *wrapperspb.Boo
 		MaxInboundPriorityFramesPerStream:            o.GetMaxInboundPriorityFramesPerStream().GetValue(),
 		MaxInboundWindowUpdateFramesPerDataFrameSent: o.GetMaxInboundWindowUpdateFramesPerDataFrameSent().GetValue(),
 	}
+	if ka := o.GetConnectionKeepalive(); ka != nil {
+		// ValidateAll has checked the ranges: timeout is required, durations are at least 1 ms.
+		out.KeepaliveInterval = ka.GetInterval().AsDuration()
+		out.KeepaliveTimeout = ka.GetTimeout().AsDuration()
+		out.KeepaliveIntervalJitter = 15 // Envoy's default when interval_jitter is unset
+		if j := ka.GetIntervalJitter(); j != nil {
+			out.KeepaliveIntervalJitter = j.GetValue()
+		}
+		out.KeepaliveConnectionIdleInterval = ka.GetConnectionIdleInterval().AsDuration()
+	}
 	switch {
 	case o.GetOverrideStreamErrorOnInvalidHttpMessage() != nil:
 		out.StreamErrorOnInvalidMessage = o.GetOverrideStreamErrorOnInvalidHttpMessage().GetValue()

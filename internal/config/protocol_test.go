@@ -74,7 +74,8 @@ http2_protocol_options:
   max_outbound_control_frames: 100
   max_consecutive_inbound_frames_with_empty_payload: 2
   max_inbound_priority_frames_per_stream: 10
-  max_inbound_window_update_frames_per_data_frame_sent: 5`))
+  max_inbound_window_update_frames_per_data_frame_sent: 5
+  connection_keepalive: {interval: 0.1s, timeout: 2s, interval_jitter: {value: 5}}`))
 	h := s.Listeners[0].HCM
 	want := HTTP2Options{
 		AllowConnect:                                 true,
@@ -87,9 +88,37 @@ http2_protocol_options:
 		MaxConsecutiveInboundFramesWithEmptyPayload:  2,
 		MaxInboundPriorityFramesPerStream:            10,
 		MaxInboundWindowUpdateFramesPerDataFrameSent: 5,
+		KeepaliveInterval:                            100 * time.Millisecond,
+		KeepaliveTimeout:                             2 * time.Second,
+		KeepaliveIntervalJitter:                      5,
 	}
 	if h.Codec != CodecHTTP2 || *h.HTTP2 != want {
 		t.Errorf("codec %v options %+v\nwant CodecHTTP2 %+v", h.Codec, *h.HTTP2, want)
+	}
+}
+
+// connection_idle_interval is read by Envoy's client codec only: on a listener it is accepted
+// with a warning, and the interval keepalive still applies.
+func TestHCMKeepaliveIdleIntervalWarns(t *testing.T) {
+	tests := []struct {
+		name, keepalive, warning string
+	}{
+		{"interval only", "{interval: 1s, timeout: 1s}", ""},
+		{"idle interval", "{interval: 1s, timeout: 1s, connection_idle_interval: 2s}", "applies to upstream connections only"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := parse(t, conf(t, "#HCM", "codec_type: HTTP2\nhttp2_protocol_options: {connection_keepalive: "+tt.keepalive+"}"))
+			if o := s.Listeners[0].HCM.HTTP2; o.KeepaliveInterval != time.Second || o.KeepaliveTimeout != time.Second {
+				t.Errorf("keepalive %v/%v, want 1s/1s", o.KeepaliveInterval, o.KeepaliveTimeout)
+			}
+			switch {
+			case tt.warning == "" && len(s.Warnings) != 0:
+				t.Errorf("warnings %q, want none", s.Warnings)
+			case tt.warning != "" && (len(s.Warnings) != 1 || !strings.Contains(s.Warnings[0], tt.warning)):
+				t.Errorf("warnings %q, want one containing %q", s.Warnings, tt.warning)
+			}
+		})
 	}
 }
 
@@ -155,6 +184,11 @@ func TestUpstreamProtocol(t *testing.T) {
 			UpstreamAuto, HTTP2Options{InitialConnectionWindowSize: 131072}, ""},
 		{"deprecated cluster http2_protocol_options", "http2_protocol_options: {allow_connect: true}",
 			UpstreamHTTP2, HTTP2Options{AllowConnect: true}, "use typed_extension_protocol_options"},
+		{"keepalive with Envoy's default jitter", hpoHead + "    explicit_http_config: {http2_protocol_options: {connection_keepalive: {interval: 30s, timeout: 5s, connection_idle_interval: 1s}}}",
+			UpstreamHTTP2, HTTP2Options{KeepaliveInterval: 30 * time.Second, KeepaliveTimeout: 5 * time.Second,
+				KeepaliveIntervalJitter: 15, KeepaliveConnectionIdleInterval: time.Second}, ""},
+		{"keepalive without interval PINGs and without jitter", hpoHead + "    explicit_http_config: {http2_protocol_options: {connection_keepalive: {timeout: 0.5s, interval_jitter: {value: 0}}}}",
+			UpstreamHTTP2, HTTP2Options{KeepaliveTimeout: 500 * time.Millisecond}, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -219,8 +253,23 @@ func TestUpstreamProtocolErrors(t *testing.T) {
 		},
 		{
 			name: "unsupported Http2ProtocolOptions field upstream",
-			doc:  conf(t, "#CLUSTER", hpoHead+"    explicit_http_config:\n      http2_protocol_options:\n        connection_keepalive: {interval: 1s, timeout: 1s}"),
-			path: hpo + ".explicit_http_config.http2_protocol_options.connection_keepalive", msg: "PING keepalives are not implemented", lineAt: "connection_keepalive",
+			doc:  conf(t, "#CLUSTER", hpoHead+"    explicit_http_config:\n      http2_protocol_options:\n        allow_metadata: true"),
+			path: hpo + ".explicit_http_config.http2_protocol_options.allow_metadata", msg: "METADATA frames are not supported", lineAt: "allow_metadata",
+		},
+		{
+			name: "keepalive without timeout",
+			doc:  conf(t, "#CLUSTER", hpoHead+"    explicit_http_config:\n      http2_protocol_options:\n        connection_keepalive: {interval: 1s}"),
+			path: hpo + ".explicit_http_config.http2_protocol_options.connection_keepalive.timeout", msg: "value is required", lineAt: "connection_keepalive",
+		},
+		{
+			name: "keepalive interval of 0s",
+			doc:  conf(t, "#CLUSTER", hpoHead+"    explicit_http_config:\n      http2_protocol_options:\n        connection_keepalive: {interval: 0s, timeout: 1s}"),
+			path: hpo + ".explicit_http_config.http2_protocol_options.connection_keepalive.interval", msg: "greater than or equal to 1ms", lineAt: "connection_keepalive",
+		},
+		{
+			name: "keepalive jitter over 100%",
+			doc:  conf(t, "#CLUSTER", hpoHead+"    explicit_http_config:\n      http2_protocol_options:\n        connection_keepalive: {timeout: 1s, interval_jitter: {value: 150}}"),
+			path: hpo + ".explicit_http_config.http2_protocol_options.connection_keepalive.interval_jitter.value", msg: "range", lineAt: "connection_keepalive",
 		},
 	})
 }

@@ -92,6 +92,13 @@ type HTTP2Options struct {
 	MaxConsecutiveInboundFramesWithEmptyPayload  uint32
 	MaxInboundPriorityFramesPerStream            uint32
 	MaxInboundWindowUpdateFramesPerDataFrameSent uint32
+	// connection_keepalive (KeepaliveSettings): all zero when unset. KeepaliveTimeout > 0 turns
+	// PING keepalives on; KeepaliveIntervalJitter is a percentage (Envoy's default 15 filled in);
+	// KeepaliveConnectionIdleInterval applies to upstream connections only, as in Envoy.
+	KeepaliveInterval               time.Duration
+	KeepaliveTimeout                time.Duration
+	KeepaliveIntervalJitter         float64
+	KeepaliveConnectionIdleInterval time.Duration
 }
 
 // UpstreamProtocol is how a cluster talks to its hosts.

@@ -98,6 +98,9 @@ func h2Config(o *config.HTTP2Options, maxHeadersKB int, st *http2.Stats) http2.S
 	cfg.MaxConsecutiveInboundFramesWithEmptyPayload = int(o.MaxConsecutiveInboundFramesWithEmptyPayload)
 	cfg.MaxInboundPriorityFramesPerStream = int(o.MaxInboundPriorityFramesPerStream)
 	cfg.MaxInboundWindowUpdateFramesPerDataFrameSent = int(o.MaxInboundWindowUpdateFramesPerDataFrameSent)
+	cfg.Keepalive = http2.KeepaliveConfig{
+		Interval: o.KeepaliveInterval, Timeout: o.KeepaliveTimeout, IntervalJitter: o.KeepaliveIntervalJitter,
+	}
 	return cfg
 }
 

@@ -64,6 +64,10 @@ type ServerConfig struct {
 	// WriteTimeout is how long one socket write may make no progress before the connection is
 	// closed, so a peer that never reads cannot hold the connection. Default 30 s.
 	WriteTimeout time.Duration
+	// Keepalive sends PINGs and closes the connection when one goes unanswered (Envoy's
+	// connection_keepalive; keepalive_timeout). ConnectionIdleInterval does not apply to a
+	// server, as in Envoy. Default off.
+	Keepalive KeepaliveConfig
 	// Stats receives the codec stats. Default NewStats(nil).
 	Stats *Stats
 }
@@ -152,6 +156,7 @@ type ServerConn struct {
 	stats  *Stats
 	handle func(*ServerStream)
 	fr     *h2.Framer // ReadFrame*: Serve's goroutine; Write*: the writer
+	ka     *Keepalive // nil when keepalive is off; set under mu by Serve before anything else uses it
 	ctx    context.Context
 	cancel context.CancelFunc
 
@@ -257,6 +262,13 @@ func NewServerConn(nc net.Conn, br *bufio.Reader, cfg ServerConfig, handle func(
 func (c *ServerConn) Serve(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, c.Close)
 	defer stop()
+	ka := c.cfg.Keepalive
+	ka.ConnectionIdleInterval = 0 // a client-side option (Envoy's ClientConnectionImpl)
+	c.mu.Lock()
+	if !c.closed {
+		c.ka = StartKeepalive(ka, c.sendKeepalive, c.keepaliveTimeout)
+	}
+	c.mu.Unlock()
 	go c.writeLoop()
 
 	err := c.serve()
@@ -331,6 +343,7 @@ func (c *ServerConn) readFrame() (h2.Frame, error) {
 		}
 		return nil, c.framerErr(err)
 	}
+	c.ka.Received()
 	f, err := c.fr.ReadFrameForHeader(fh)
 	if err != nil {
 		var se h2.StreamError
@@ -751,6 +764,7 @@ func (c *ServerConn) onPing(f *h2.PingFrame) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if f.IsAck() {
+		c.ka.Acked()
 		if f.Data == shutdownPing {
 			c.finalGoAwayLocked()
 		}
@@ -1057,6 +1071,7 @@ func (c *ServerConn) abortLocked(err error) {
 	if c.shutdownTimer != nil {
 		c.shutdownTimer.Stop()
 	}
+	c.ka.Stop()
 	c.cancel()
 	_ = c.nc.Close()
 	for _, s := range c.active {
@@ -1064,6 +1079,25 @@ func (c *ServerConn) abortLocked(err error) {
 		s.cond.Broadcast()
 	}
 	c.wcond.Broadcast()
+}
+
+// sendKeepalive queues a keepalive PING; it runs on the Keepalive's timer goroutine.
+func (c *ServerConn) sendKeepalive(data [8]byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.enqueueLocked(outFrame{kind: outPing, ping: data})
+}
+
+// keepaliveTimeout closes a connection whose keepalive PING went unanswered: no GOAWAY (the peer
+// is presumed dead), every stream fails, and Serve returns ErrKeepaliveTimeout.
+func (c *ServerConn) keepaliveTimeout() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return
+	}
+	c.stats.KeepaliveTimeout.Inc()
+	c.abortLocked(ErrKeepaliveTimeout)
 }
 
 // connLostLocked is the error for a write on a connection that is going away.

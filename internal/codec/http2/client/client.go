@@ -51,6 +51,11 @@ type Config struct {
 	// WriteTimeout bounds every socket write, so a peer that stops reading cannot block the
 	// connection forever: when it fires the connection fails. Default 30s.
 	WriteTimeout time.Duration
+	// Keepalive sends PINGs (every Interval, and before a stream on a connection idle for
+	// ConnectionIdleInterval) and closes the connection when one goes unanswered for Timeout
+	// (Envoy's connection_keepalive; keepalive_timeout): its streams fail with ErrConnLost and
+	// Err reports http2.ErrKeepaliveTimeout. Default off.
+	Keepalive http2.KeepaliveConfig
 	// Stats receives the codec stats (cluster.<name>.http2.*). Default: http2.NewStats(nil).
 	Stats *http2.Stats
 }
@@ -132,6 +137,7 @@ type ClientConn struct {
 	nc    net.Conn
 	cfg   Config
 	stats *http2.Stats
+	ka    *http2.Keepalive // nil when keepalive is off; set under mu before the goroutines start
 
 	wq         chan writeReq // to the writer; bounded
 	closing    chan struct{} // closed when the connection starts closing (Done)
@@ -251,6 +257,9 @@ func NewClientConn(nc net.Conn, cfg Config) (*ClientConn, error) {
 		nc.Close()
 		return nil, fmt.Errorf("http2 client preface: %w", err)
 	}
+	c.mu.Lock() // its timeout may reach closeLocked, which reads c.ka under mu
+	c.ka = http2.StartKeepalive(cfg.Keepalive, c.sendKeepalive, c.keepaliveTimeout)
+	c.mu.Unlock()
 	go c.writeLoop()
 	go c.readLoop()
 	return c, nil
@@ -345,6 +354,7 @@ func (c *ClientConn) NewStream(ctx context.Context, h *headers.Map, endStream bo
 	c.active++
 	s.reserved = true
 	c.mu.Unlock()
+	c.ka.BeforeNewStream() // its PING, if any, is queued ahead of the HEADERS
 
 	err := c.enqueue(writeReq{kind: wHeaders, s: s, h: rh, end: endStream, done: s.wdone})
 	if err == nil {
@@ -472,6 +482,7 @@ func (c *ClientConn) closeLocked(cause error, goAway bool, code ErrCode) {
 	}
 	c.closed = true
 	c.closeErr = cause
+	c.ka.Stop()
 	c.goAwayOnClose = goAway
 	c.goAwayOnCloseCode = code
 	for _, s := range c.streams {
@@ -484,6 +495,25 @@ func (c *ClientConn) closeLocked(cause error, goAway bool, code ErrCode) {
 		s.failLocked(err, false)
 	}
 	close(c.closing)
+}
+
+// sendKeepalive queues a keepalive PING; it runs on the Keepalive's timer goroutine.
+func (c *ClientConn) sendKeepalive(data [8]byte) {
+	c.enqueue(writeReq{kind: wPing, ping: data})
+}
+
+// keepaliveTimeout closes a connection whose keepalive PING went unanswered, at once and without
+// GOAWAY, as Envoy does (the peer is presumed dead): every stream fails.
+func (c *ClientConn) keepaliveTimeout() {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
+	c.stats.KeepaliveTimeout.Inc()
+	c.closeLocked(http2.ErrKeepaliveTimeout, false, 0)
+	c.mu.Unlock()
+	c.nc.Close()
 }
 
 // releaseLocked returns one stream's share of MAX_CONCURRENT_STREAMS.

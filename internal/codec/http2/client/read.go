@@ -68,6 +68,9 @@ func (c *ClientConn) readFrames() error {
 // DATA frame or so, is parsed here without the Framer's per-frame allocation.
 func (c *ClientConn) readFrame(first bool, pend *rpend) error {
 	fh, err := c.rfr.ReadFrameHeader()
+	if err == nil {
+		c.ka.Received()
+	}
 	if err == nil && first && fh.Type != h2.FrameSettings {
 		// RFC 9113 §3.4: the server's preface is a SETTINGS frame.
 		return connError{h2.ErrCodeProtocol, "server preface is not SETTINGS"}
@@ -133,7 +136,9 @@ func (c *ClientConn) onFrame(f h2.Frame, pend *rpend) error {
 	case *h2.RSTStreamFrame:
 		return c.onRSTStream(f, pend)
 	case *h2.PingFrame:
-		if !f.IsAck() {
+		if f.IsAck() {
+			c.ka.Acked()
+		} else {
 			*pend = append(*pend, writeReq{kind: wPingAck, ping: f.Data})
 		}
 	case *h2.GoAwayFrame:
@@ -228,11 +233,7 @@ func (c *ClientConn) onData(f *h2.DataFrame, pend *rpend) error {
 		s.recvWindow -= n
 		s.recvBytes += int64(len(data))
 		if len(data) > 0 {
-			if s.roff > 0 && len(s.rbuf)+len(data) > cap(s.rbuf) {
-				m := copy(s.rbuf, s.rbuf[s.roff:])
-				s.rbuf, s.roff = s.rbuf[:m], 0
-			}
-			s.rbuf = append(s.rbuf, data...)
+			s.appendRbufLocked(data)
 		}
 		pend.credit(c.creditLocked(s, n-int64(len(data)))) // padding is never read
 		if end {

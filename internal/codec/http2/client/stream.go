@@ -3,6 +3,7 @@ package client
 import (
 	"context"
 	"io"
+	"sync"
 
 	h2 "golang.org/x/net/http2"
 
@@ -41,8 +42,11 @@ type ClientStream struct {
 	trailers   *headers.Map
 	rerr       error // read side: why Read/Response fail
 	werr       error // write side: why Write fails
+	// rbuf holds received DATA not yet read, from roff; it is nil while empty, its array back in
+	// rbufPool, and rbufHolder is the pool's holder for it, kept so that returning it is free.
 	rbuf       []byte
 	roff       int
+	rbufHolder *[]byte
 	recvWindow int64 // what the peer may still send on this stream
 	recvUnack  int64 // consumed, not yet returned with WINDOW_UPDATE
 	sendWindow int64
@@ -128,7 +132,7 @@ func (s *ClientStream) Read(p []byte) (int, error) {
 			n := copy(p, s.rbuf[s.roff:])
 			s.roff += n
 			if s.roff == len(s.rbuf) {
-				s.rbuf, s.roff = s.rbuf[:0], 0
+				s.releaseRbufLocked()
 			}
 			cr := c.creditLocked(s, int64(n))
 			c.mu.Unlock()
@@ -272,7 +276,7 @@ func (s *ClientStream) failLocked(err error, discard bool) (dropped int64) {
 			s.rerr = err
 		}
 		dropped = int64(len(s.rbuf) - s.roff)
-		s.rbuf, s.roff = nil, 0
+		s.releaseRbufLocked()
 	}
 	s.closeLocked()
 	return dropped
@@ -311,6 +315,49 @@ func (s *ClientStream) closeLocked() {
 		s.reserved = false
 		c.releaseLocked()
 	}
+}
+
+// rbufPool holds the receive buffers of streams that have nothing left to read, so an idle stream
+// (a quiet tunnel, a response waiting on its upstream) holds no buffer while busy ones reuse warm
+// ones. Its items are *[]byte holders that travel with the buffer, so Get and Put do not allocate.
+var rbufPool sync.Pool
+
+const (
+	minRbuf       = 16 << 10 // a new buffer's capacity: one default-size DATA frame
+	maxPooledRbuf = 4 << 20  // bigger buffers (a window raised far past the default) go to the GC
+)
+
+// appendRbufLocked adds received DATA to the stream's buffer, taking one from rbufPool when the
+// stream holds none, and compacting before growing.
+func (s *ClientStream) appendRbufLocked(data []byte) {
+	if s.rbuf == nil {
+		if h, _ := rbufPool.Get().(*[]byte); h != nil {
+			s.rbuf, s.rbufHolder, *h = (*h)[:0], h, nil
+		} else {
+			s.rbuf = make([]byte, 0, max(len(data), minRbuf))
+		}
+	}
+	if s.roff > 0 && len(s.rbuf)+len(data) > cap(s.rbuf) {
+		m := copy(s.rbuf, s.rbuf[s.roff:])
+		s.rbuf, s.roff = s.rbuf[:m], 0
+	}
+	s.rbuf = append(s.rbuf, data...)
+}
+
+// releaseRbufLocked empties the stream's buffer and returns its array to rbufPool.
+func (s *ClientStream) releaseRbufLocked() {
+	b := s.rbuf
+	s.rbuf, s.roff = nil, 0
+	if b == nil || cap(b) > maxPooledRbuf {
+		return
+	}
+	h := s.rbufHolder
+	if h == nil {
+		h = new([]byte)
+	}
+	s.rbufHolder = nil
+	*h = b[:0]
+	rbufPool.Put(h)
 }
 
 func (s *ClientStream) notifyRead() {

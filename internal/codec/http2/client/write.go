@@ -20,6 +20,7 @@ const (
 	wWindow                       // id (0 = connection), n
 	wSettingsAck                  // settings: the peer values the writer applies first
 	wPingAck                      // ping
+	wPing                         // ping: a keepalive PING
 	wGoAway                       // code
 )
 
@@ -189,6 +190,8 @@ func (c *ClientConn) writeFrame(req writeReq) error {
 		err = c.wfr.WriteSettingsAck()
 	case wPingAck:
 		err = c.wfr.WritePing(true, req.ping)
+	case wPing:
+		err = c.wfr.WritePing(false, req.ping)
 	case wGoAway:
 		err = c.wfr.WriteGoAway(goAwayLastStream, req.code, nil)
 		if err == nil {
