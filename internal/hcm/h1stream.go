@@ -219,6 +219,10 @@ func (d *h1Stream) abortRead() {
 
 func (d *h1Stream) reset() {
 	d.c.closing.Store(true)
+	if t := d.s.engine.Load(); t != nil {
+		t.Abort(errStreamEnded) // the engine's Done closes the connection
+		return
+	}
 	d.c.nc.Close()
 }
 

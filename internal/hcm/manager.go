@@ -193,6 +193,24 @@ type conn struct {
 	requests int
 	closing  atomic.Bool // set from any goroutine of a stream that ends the connection
 	wmu      sync.Mutex  // serialises writes to nc (the encode path and 100-continue)
+	life     *lifetime
+}
+
+// lifetime is what must happen when a connection ends, last added first (like defer). A
+// connection whose tunnel went to the tunnel engine is detached: its goroutine returns without
+// ending it, and the engine's Done ends it later.
+type lifetime struct {
+	fns      []func()
+	detached bool // set by the connection's goroutine before it returns
+}
+
+func (l *lifetime) add(f func()) { l.fns = append(l.fns, f) }
+
+func (l *lifetime) end() {
+	for i := len(l.fns) - 1; i >= 0; i-- {
+		l.fns[i]()
+	}
+	l.fns = nil
 }
 
 // countingConn counts the connection's bytes into the HCM's rx/tx counters.
@@ -230,15 +248,28 @@ func (c *countingConn) CloseWrite() error {
 // ServeConn serves one accepted connection until it closes or ctx ends. It closes nc. A TLS
 // connection's handshake runs here, and its ALPN picks the codec; on cleartext, codec_type AUTO
 // tells HTTP/2 (prior knowledge) from HTTP/1.1 by the client's first bytes.
-func (m *Manager) ServeConn(ctx context.Context, nc net.Conn) {
+//
+// ended, if not nil, is called once the connection is over: before ServeConn returns, or later
+// when a tunnel on it was handed to the tunnel engine (ServeConn returns at once then, and no
+// goroutine waits for the tunnel).
+func (m *Manager) ServeConn(ctx context.Context, nc net.Conn, ended func()) {
+	life := &lifetime{}
+	defer func() {
+		if !life.detached {
+			life.end()
+		}
+	}()
+	if ended != nil {
+		life.add(ended)
+	}
 	s := m.stats
 	s.CxTotal.Inc()
 	s.CxActive.Inc()
-	defer func() {
+	life.add(func() {
 		s.CxActive.Dec()
 		s.CxDestroy.Inc()
-	}()
-	defer nc.Close()
+	})
+	life.add(func() { nc.Close() })
 	scheme, alpn := "http", ""
 	if tc, ok := nc.(*tls.Conn); ok {
 		hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
@@ -252,9 +283,9 @@ func (m *Manager) ServeConn(ctx context.Context, nc net.Conn) {
 		scheme, alpn = "https", tc.ConnectionState().NegotiatedProtocol
 	}
 	cc := &countingConn{Conn: nc, rx: s.CxRxBytes, tx: s.CxTxBytes}
-	c := &conn{m: m, nc: cc, br: bufio.NewReaderSize(cc, 16<<10), remote: nc.RemoteAddr().String(), scheme: scheme}
+	c := &conn{m: m, nc: cc, br: bufio.NewReaderSize(cc, 16<<10), remote: nc.RemoteAddr().String(), scheme: scheme, life: life}
 	stop := context.AfterFunc(ctx, func() { nc.SetReadDeadline(time.Now()) })
-	defer stop()
+	life.add(func() { stop() })
 
 	useH2 := false
 	switch {
@@ -280,8 +311,8 @@ func (m *Manager) ServeConn(ctx context.Context, nc net.Conn) {
 	}
 	s.CxHTTP1Total.Inc()
 	s.CxHTTP1Active.Inc()
-	defer s.CxHTTP1Active.Dec()
-	defer m.track(c)()
+	life.add(s.CxHTTP1Active.Dec)
+	life.add(m.track(c))
 	c.bw = bufio.NewWriterSize(cc, 4<<10)
 	for !c.closing.Load() && ctx.Err() == nil {
 		if !c.serveOne(ctx) {

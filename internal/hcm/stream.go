@@ -69,6 +69,20 @@ type stream struct {
 
 	activity atomic.Int64 // unix nanos of the last byte either way, for the idle timer
 	timers   []*time.Timer
+
+	// The hand-off of an HTTP/1.1 tunnel to the tunnel engine (see OfferTunnel).
+	handoffMu sync.Mutex
+	handoff   *handoff // offered by the router, taken by the decode pump
+	pumpGone  bool     // the decode pump has stopped: too late to hand off
+	detached  bool     // the engine carries the tunnel; set by the decode goroutine
+	engine    atomic.Pointer[tunnel.Tunnel]
+	endFns    []func() // what run does at the stream's end, or the engine's Done after a hand-off
+}
+
+// handoff is the router's half of a tunnel, offered to the engine.
+type handoff struct {
+	up      net.Conn
+	towardB *tunnel.FrameTracker // frames written upstream so far
 }
 
 func newStream(ctx context.Context, m *Manager, down downstream, h *headers.Map) *stream {
@@ -85,8 +99,13 @@ func (s *stream) run() bool {
 	cfg := s.m.cfg
 	ms.RqTotal.Inc()
 	ms.RqActive.Inc()
-	defer ms.RqActive.Dec()
-	defer s.finish()
+	defer func() {
+		if !s.detached {
+			s.end()
+		}
+	}()
+	s.atEnd(ms.RqActive.Dec)
+	s.atEnd(s.finish)
 
 	if s.m.shedRequest != nil && s.m.shedRequest() {
 		// Envoy drops new requests (upgrades too) as soon as the headers are decoded, before the
@@ -137,7 +156,7 @@ func (s *stream) run() bool {
 			s.upStats.Accepted.Inc()
 			ms.CxUpgradesTotal.Inc()
 			ms.CxUpgradesActive.Inc()
-			defer ms.CxUpgradesActive.Dec()
+			s.atEnd(ms.CxUpgradesActive.Dec)
 			chain = c
 		case upgradeNoRoute:
 			// Envoy: with no route the upgrade is neither accepted nor refused; the router's 404
@@ -161,6 +180,9 @@ func (s *stream) run() bool {
 		} else {
 			s.pumpRequest()
 		}
+	}
+	if s.detached {
+		return false // the engine has the connection now
 	}
 	select {
 	case <-s.done:
@@ -272,6 +294,9 @@ func (s *stream) pumpRequest() {
 	for !s.aborted() && !(s.respFinished() && !tunnelMode) {
 		slab, n, err := s.down.read(tunnelMode)
 		if err != nil {
+			if tunnelMode && s.takeHandoff(err) {
+				return
+			}
 			var bad *badRequestError
 			switch {
 			case err == io.EOF:
@@ -601,7 +626,17 @@ func (s *stream) writeData(b *buffer.Buffer, end bool) {
 // goingAway ends the tunnel's two directions cleanly at the drain deadline. A direction busy
 // writing finishes its current frame and closes after it.
 func (s *stream) goingAway() {
+	s.handoffMu.Lock()
 	s.goAway.Store(true)
+	handedOff := s.handoff != nil
+	s.handoffMu.Unlock()
+	if handedOff {
+		// The engine has the tunnel, or is about to: takeHandoff passes the GoAway on.
+		if t := s.engine.Load(); t != nil {
+			t.GoAway()
+		}
+		return
+	}
 	if s.encMu.TryLock() {
 		s.closeTowardClientLocked()
 		s.encMu.Unlock()
@@ -656,4 +691,110 @@ func (s *stream) finishResponse() {
 		return
 	}
 	s.markDone()
+}
+
+// atEnd adds f to what happens when the stream ends, last added first (like defer).
+func (s *stream) atEnd(f func()) { s.endFns = append(s.endFns, f) }
+
+// end runs the stream's end: on run's return, or on the engine's Done after a hand-off.
+func (s *stream) end() {
+	for i := len(s.endFns) - 1; i >= 0; i-- {
+		s.endFns[i]()
+	}
+	s.endFns = nil
+}
+
+// OfferTunnel is the router offering its half of an open tunnel to the tunnel engine, so that
+// neither half keeps a goroutine while the tunnel is idle. It accepts only what the engine can
+// carry without changing behaviour: an HTTP/1.1 client on a plain TCP socket, a chain that is
+// the router alone (no filter sees the payload), no drain under way. On true the router stops
+// reading its side; the decode pump hands both sockets to the engine once it has passed on every
+// client byte it read (see takeHandoff).
+func (s *stream) OfferTunnel(up net.Conn, towardB *tunnel.FrameTracker) bool {
+	d, ok := s.down.(*h1Stream)
+	if !ok || len(s.filters) != 1 || !tunnel.Pluggable(d.c.nc) || !tunnel.Pluggable(up) {
+		return false
+	}
+	s.handoffMu.Lock()
+	if s.pumpGone || s.goAway.Load() || s.aborted() {
+		s.handoffMu.Unlock()
+		return false
+	}
+	s.handoff = &handoff{up: up, towardB: towardB}
+	s.handoffMu.Unlock()
+	d.c.wakeReader() // the pump's wait for client bytes returns; it takes the hand-off
+	return true
+}
+
+// errStreamEnded aborts an engine tunnel whose stream was reset or timed out.
+var errStreamEnded = errors.New("stream ended")
+
+// takeHandoff runs on the decode pump when its read fails in a tunnel: if the router offered its
+// half, the pump starts the engine tunnel and reports true (it must stop). Every client byte read
+// so far has gone upstream, so the engine starts at the right place in both streams.
+func (s *stream) takeHandoff(readErr error) bool {
+	s.handoffMu.Lock()
+	h := s.handoff
+	if h == nil {
+		s.pumpGone = true
+		s.handoffMu.Unlock()
+		return false
+	}
+	s.handoffMu.Unlock()
+	d := s.down.(*h1Stream)
+	d.c.nc.SetReadDeadline(time.Time{})
+	s.encMu.Lock()
+	towardA := s.wsDown
+	s.encMu.Unlock()
+	t, err := tunnel.DefaultEngine().Start(tunnel.Options{
+		A: d.c.nc, B: h.up,
+		WebSocket: s.upgrade == "websocket",
+		TowardB:   *h.towardB, TowardA: towardA,
+		Moved: s.moved,
+		Done:  s.engineDone,
+	})
+	if err != nil {
+		s.m.log.Error("the tunnel engine refused a tunnel", "err", err)
+		s.reset("tunnel_engine_failed")
+		return true
+	}
+	s.handoffMu.Lock()
+	s.detached = true
+	s.engine.Store(t)
+	goAway := s.goAway.Load()
+	s.handoffMu.Unlock()
+	d.c.life.detached = true
+	context.AfterFunc(s.ctx, func() { t.Abort(errStreamEnded) })
+	if goAway {
+		t.GoAway()
+	}
+	if readErr != io.EOF && !isTimeout(readErr) {
+		t.Abort(readErr)
+	}
+	return true
+}
+
+// moved counts bytes the engine moved, as the pumps would have.
+func (s *stream) moved(toB bool, n int) {
+	if toB {
+		s.upStats.BytesUp.Add(uint64(n))
+		s.m.stats.CxRxBytes.Add(uint64(n))
+	} else {
+		s.upStats.BytesDown.Add(uint64(n))
+		s.m.stats.CxTxBytes.Add(uint64(n))
+	}
+	s.touch()
+}
+
+// engineDone ends a tunnel the engine carried: the stream's end, then its connection's.
+func (s *stream) engineDone(why error) {
+	if why != nil {
+		s.wasReset.Store(true)
+		s.m.log.Debug("tunnel ended", "reason", why, "remote", s.ri.remote)
+	}
+	s.upEnded.Store(true)
+	s.downEnded.Store(true)
+	s.markDone()
+	s.end()
+	s.down.(*h1Stream).c.life.end()
 }

@@ -34,6 +34,13 @@ type StreamInfo interface {
 	ExtendedConnect() bool
 }
 
+// TunnelTaker is implemented by a stream that can hand an open tunnel to the tunnel engine.
+// OfferTunnel gives it the upstream connection and the frame state of what was written to it; on
+// true the router stops carrying the tunnel and only ends it (OnDestroy).
+type TunnelTaker interface {
+	OfferTunnel(up net.Conn, towardB *tunnel.FrameTracker) bool
+}
+
 // errUpgradeBodyOverH2 is an upgrade request with a body that would cross an HTTP/2 hop.
 var errUpgradeBodyOverH2 = errors.New("upgrade_request_with_body_over_http2")
 
@@ -101,6 +108,9 @@ type routerFilter struct {
 	started     bool        // DecodeHeaders began the request
 	stopCtx     func() bool
 	wg          sync.WaitGroup
+
+	// handedOff: the tunnel engine carries the tunnel (see handOff); the router only ends it.
+	handedOff atomic.Bool
 
 	// Tunnel shutdown at the drain deadline; guarded by the attempt's wmu once the tunnel is open.
 	wsUp      tunnel.FrameTracker // WebSocket frames written upstream
@@ -273,6 +283,9 @@ func (r *routerFilter) writeTunnelLocked(att *attempt, p []byte) error {
 // a WebSocket Close 1001 between frames, then a half-close.
 func (r *routerFilter) OnDrainDeadline() {
 	r.goAway.Store(true)
+	if r.handedOff.Load() {
+		return // the engine closes both halves
+	}
 	r.mu.Lock()
 	att, direct := r.att, r.direct
 	r.mu.Unlock()
@@ -314,6 +327,9 @@ func (r *routerFilter) OnDestroy() {
 		r.stopCtx()
 	}
 	r.wg.Wait()
+	if r.handedOff.Load() {
+		r.cl.EndRequest() // the tunnel's request lasted until now, not until run returned
+	}
 }
 
 // armTimeout starts the route timeout once. Called with r.mu held.

@@ -37,7 +37,11 @@ func (r *routerFilter) run() {
 		r.failOverloaded()
 		return
 	}
-	defer r.cl.EndRequest()
+	defer func() {
+		if !r.handedOff.Load() {
+			r.cl.EndRequest()
+		}
+	}()
 	retries := 0
 	policy := r.action.Retry
 	canRetry := func(f failure) bool {
@@ -415,6 +419,9 @@ func (r *routerFilter) tunnel(att *attempt, resp *upResponse) {
 		}
 	}
 	att.wmu.Unlock()
+	if r.handOff(att) {
+		return
+	}
 
 	for {
 		slab, n, err := up.read()
@@ -429,4 +436,24 @@ func (r *routerFilter) tunnel(att *attempt, resp *upResponse) {
 		r.cb.EncodeData(buffer.Wrap((*slab)[:n]), false)
 		buffer.PutSlab(slab)
 	}
+}
+
+// handOff offers an HTTP/1.1 tunnel to the stream for the tunnel engine: once taken, no goroutine
+// waits on either side while the tunnel is idle. Only a raw upstream socket with nothing left in
+// its read buffer qualifies; the stream decides for its side.
+func (r *routerFilter) handOff(att *attempt) bool {
+	u, ok := att.up.(*h1Upstream)
+	taker, ok2 := r.info.(TunnelTaker)
+	if !ok || !ok2 || len(u.early) > 0 || r.goAway.Load() {
+		return false
+	}
+	r.handedOff.Store(true)
+	if !taker.OfferTunnel(u.conn, &r.wsUp) {
+		r.handedOff.Store(false)
+		if r.goAway.Load() {
+			r.OnDrainDeadline() // it came while the offer was out, and did nothing
+		}
+		return false
+	}
+	return true
 }

@@ -186,23 +186,27 @@ func (s *Server) accept(r *activeListener) {
 		cxA.Inc()
 		admitted := r.limit == nil || r.limit.tryAcquire()
 		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			defer s.overload.releaseConn()
-			switch {
-			case r.limit == nil:
-				m.ServeConn(s.ctx, nc)
-			case admitted:
-				m.ServeConn(s.ctx, nc)
+		// ended runs when the connection is over, which for a tunnel handed to the tunnel engine
+		// is after its goroutine has returned.
+		ended := func() {
+			if r.limit != nil && admitted {
 				r.limit.release()
-			default:
-				s.refuse(nc, m, r.limit.delay)
 			}
+			s.overload.releaseConn()
 			cxA.Dec()
 			cxD.Inc()
 			s.mu.Lock()
 			delete(s.conns, nc)
 			s.mu.Unlock()
+			s.wg.Done()
+		}
+		go func() {
+			if r.limit != nil && !admitted {
+				s.refuse(nc, m, r.limit.delay)
+				ended()
+				return
+			}
+			m.ServeConn(s.ctx, nc, ended)
 		}()
 	}
 }

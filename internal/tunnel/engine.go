@@ -1,0 +1,19 @@
+package tunnel
+
+import "net"
+
+// Options describe one tunnel. A is the client's side, B the upstream's.
+type Options struct {
+	A, B net.Conn // plain TCP sockets (see Pluggable), with no bytes buffered above them
+	// WebSocket makes the engine follow frames each way, so GoAway closes between frames.
+	// TowardB and TowardA are the frame state of the bytes already written to B and to A.
+	WebSocket        bool
+	TowardB, TowardA FrameTracker
+	// Moved is told of every n bytes read from A (toB) or from B, before they are written on.
+	// It runs on the engine's goroutines: it must be quick and must not block.
+	Moved func(toB bool, n int)
+	// Done is called once, from a goroutine of its own, when both directions have ended (nil) or
+	// the tunnel was aborted (why). The sockets are out of the engine by then: closing them is
+	// the caller's job.
+	Done func(why error)
+}
