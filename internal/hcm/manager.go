@@ -67,6 +67,22 @@ func (m *Manager) CloseTunnels() {
 	}
 }
 
+// AbortTunnels tears down the tunnels the tunnel engine carries, for a server closing at once:
+// their connections have no goroutine that would see the server's context end.
+func (m *Manager) AbortTunnels() {
+	m.liveMu.Lock()
+	var ts []*stream
+	for s := range m.tunnels {
+		ts = append(ts, s)
+	}
+	m.liveMu.Unlock()
+	for _, s := range ts {
+		if t := s.engine.Load(); t != nil {
+			t.Abort(errStreamEnded)
+		}
+	}
+}
+
 // drainer is an open connection that can be asked to wind down: an idle HTTP/1.1 connection
 // closes, an HTTP/2 connection sends GOAWAY; requests in flight and tunnels go on.
 type drainer interface{ drain() }
@@ -194,6 +210,7 @@ type conn struct {
 	closing  atomic.Bool // set from any goroutine of a stream that ends the connection
 	wmu      sync.Mutex  // serialises writes to nc (the encode path and 100-continue)
 	life     *lifetime
+	stopWake func() // stops the server context's wake-up of the reader; nil once a tunnel detached
 }
 
 // lifetime is what must happen when a connection ends, last added first (like defer). A
@@ -285,7 +302,12 @@ func (m *Manager) ServeConn(ctx context.Context, nc net.Conn, ended func()) {
 	cc := &countingConn{Conn: nc, rx: s.CxRxBytes, tx: s.CxTxBytes}
 	c := &conn{m: m, nc: cc, br: bufio.NewReaderSize(cc, 16<<10), remote: nc.RemoteAddr().String(), scheme: scheme, life: life}
 	stop := context.AfterFunc(ctx, func() { nc.SetReadDeadline(time.Now()) })
-	life.add(func() { stop() })
+	c.stopWake = func() { stop() }
+	life.add(func() {
+		if c.stopWake != nil {
+			c.stopWake()
+		}
+	})
 
 	useH2 := false
 	switch {

@@ -743,6 +743,10 @@ func (s *stream) takeHandoff(readErr error) bool {
 	s.handoffMu.Unlock()
 	d := s.down.(*h1Stream)
 	d.c.nc.SetReadDeadline(time.Time{})
+	// The engine watches the stream's context (below), which ends with the server's; the
+	// connection's own watch would only hold memory.
+	d.c.stopWake()
+	d.c.stopWake = nil
 	s.encMu.Lock()
 	towardA := s.wsDown
 	s.encMu.Unlock()
@@ -764,12 +768,18 @@ func (s *stream) takeHandoff(readErr error) bool {
 	goAway := s.goAway.Load()
 	s.handoffMu.Unlock()
 	d.c.life.detached = true
-	context.AfterFunc(s.ctx, func() { t.Abort(errStreamEnded) })
-	if goAway {
-		t.GoAway()
-	}
-	if readErr != io.EOF && !isTimeout(readErr) {
+	// An idle tunnel should hold as little as possible: what only the handshake and the pump
+	// needed goes now.
+	d.raw, d.req, s.h, s.dec = nil, nil, nil, nil
+	// A reset or a timeout reaches the engine through h1Stream.reset, the server's close through
+	// Manager.AbortTunnels: no watch on the context per tunnel.
+	switch {
+	case s.ctx.Err() != nil || s.wasReset.Load():
+		t.Abort(errStreamEnded)
+	case readErr != io.EOF && !isTimeout(readErr):
 		t.Abort(readErr)
+	case goAway:
+		t.GoAway()
 	}
 	return true
 }

@@ -106,7 +106,7 @@ type routerFilter struct {
 	att         *attempt
 	timer       *time.Timer // the route timeout
 	started     bool        // DecodeHeaders began the request
-	stopCtx     func() bool
+	stopCtx     func() bool // set once before run starts; taken under mu
 	wg          sync.WaitGroup
 
 	// handedOff: the tunnel engine carries the tunnel (see handOff); the router only ends it.
@@ -318,13 +318,15 @@ func (r *routerFilter) OnDestroy() {
 		r.timer.Stop()
 	}
 	att := r.att
+	stop := r.stopCtx
+	r.stopCtx = nil
 	r.cond.Broadcast()
 	r.mu.Unlock()
 	if att != nil {
 		att.abort("stream_end")
 	}
-	if r.stopCtx != nil {
-		r.stopCtx()
+	if stop != nil {
+		stop()
 	}
 	r.wg.Wait()
 	if r.handedOff.Load() {

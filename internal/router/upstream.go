@@ -448,6 +448,9 @@ func (r *routerFilter) handOff(att *attempt) bool {
 		return false
 	}
 	r.handedOff.Store(true)
+	// What only the handshake needed goes now: an idle tunnel should hold as little as possible.
+	r.upHeaders, r.respAdd, r.respDel = nil, nil, nil
+	u.resp = nil
 	if !taker.OfferTunnel(u.conn, &r.wsUp) {
 		r.handedOff.Store(false)
 		if r.goAway.Load() {
@@ -455,5 +458,15 @@ func (r *routerFilter) handOff(att *attempt) bool {
 		}
 		return false
 	}
+	// The stream ends the tunnel itself (the engine's Done, then OnDestroy): the watch on its
+	// context, and the reader, are not needed any more.
+	r.mu.Lock()
+	stop := r.stopCtx
+	r.stopCtx = nil
+	r.mu.Unlock()
+	if stop != nil {
+		stop()
+	}
+	u.raw = nil
 	return true
 }

@@ -333,8 +333,12 @@ func (s *Server) Close() {
 	}
 	conns := s.conns
 	s.conns = nil
+	hcms := s.hcms
 	s.mu.Unlock()
 	s.cancel()
+	for _, m := range hcms {
+		m.AbortTunnels()
+	}
 	for nc := range conns {
 		nc.Close()
 	}
