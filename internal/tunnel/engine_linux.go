@@ -6,10 +6,12 @@ import (
 	"crypto/tls"
 	"errors"
 	"net"
+	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/switchyard-proxy/switchyard/buffer"
 )
@@ -465,18 +467,21 @@ func (d *direction) sendClose() bool {
 }
 
 // loop is one epoll set and the goroutine that serves it while it holds tunnels. The goroutine
-// blocks in epoll_wait (holding an OS thread, like a blocking read of a file would), not in the Go
-// poller: an epoll set nested in the poller's own lost wake-ups in testing.
+// parks in the Go poller on the epoll descriptor itself (an epoll set is pollable), so waiting
+// costs no OS thread and no extra scheduling: the runtime wakes it when any tunnel is ready.
 type loop struct {
 	mu      sync.Mutex
-	epfd    int // -1 until open
-	wakeFD  int // an eventfd in the set, to wake the goroutine when the last tunnel leaves
+	epfd    int
+	file    *os.File // epfd, as the Go poller sees it
+	rc      syscall.RawConn
 	dirs    map[uint64]*direction
 	nextID  uint64
 	running bool
 
 	// Owned by run.
 	events []syscall.EpollEvent
+	nready int
+	waitFn func(fd uintptr) bool
 	buf    []byte
 }
 
@@ -490,31 +495,27 @@ const loopReadsPerTurn = 4
 // left unwritten always fits the slab its goroutine takes over.
 const loopBufSize = buffer.SlabSize
 
-// wakeID is the wake eventfd's id in the set; tunnel directions count from 1.
-const wakeID = 0
-
 func (l *loop) open() error {
-	if l.events != nil {
+	if l.file != nil {
 		return nil
 	}
 	fd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
 	if err != nil {
 		return err
 	}
-	const efdCloexec, efdNonblock = 0x80000, 0x800
-	wfd, _, errno := syscall.Syscall(syscall.SYS_EVENTFD2, 0, efdCloexec|efdNonblock, 0)
-	if errno != 0 {
+	if err := syscall.SetNonblock(fd, true); err != nil {
 		syscall.Close(fd)
-		return errno
-	}
-	ev := syscall.EpollEvent{Events: syscall.EPOLLIN | epollET}
-	if err := syscall.EpollCtl(fd, syscall.EPOLL_CTL_ADD, int(wfd), &ev); err != nil {
-		syscall.Close(fd)
-		syscall.Close(int(wfd))
 		return err
 	}
-	l.epfd, l.wakeFD = fd, int(wfd)
+	f := os.NewFile(uintptr(fd), "tunnel-epoll")
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return err
+	}
+	l.epfd, l.file, l.rc = fd, f, rc
 	l.events = make([]syscall.EpollEvent, 128)
+	l.waitFn = l.waitOnce
 	return nil
 }
 
@@ -555,9 +556,19 @@ func (l *loop) remove(ds ...*direction) {
 		d.srcRC.Control(func(fd uintptr) { syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_DEL, int(fd), nil) })
 	}
 	if len(l.dirs) == 0 && l.running {
-		one := [8]byte{1}
-		syscall.Write(l.wakeFD, one[:]) // wake the loop so it can end
+		l.file.SetReadDeadline(time.Now()) // wake the loop so it can end
 	}
+}
+
+// waitOnce collects ready events without blocking; false parks the loop in the Go poller until
+// the epoll set has some.
+func (l *loop) waitOnce(fd uintptr) bool {
+	n, err := syscall.EpollWait(int(fd), l.events, 0)
+	if err != nil || n <= 0 {
+		return false
+	}
+	l.nready = n
+	return true
 }
 
 // run serves the loop's tunnels until it has none.
@@ -574,17 +585,14 @@ func (l *loop) run() {
 			return
 		}
 		l.mu.Unlock()
-		n, err := syscall.EpollWait(l.epfd, l.events, -1)
-		if err != nil {
-			continue // EINTR
+		l.nready = 0
+		if err := l.rc.Read(l.waitFn); err != nil {
+			// The deadline that remove set to wake us: look at the tunnel count again.
+			l.file.SetReadDeadline(time.Time{})
+			continue
 		}
-		for _, ev := range l.events[:n] {
+		for _, ev := range l.events[:l.nready] {
 			id := uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
-			if id == wakeID {
-				var b [8]byte
-				syscall.Read(l.wakeFD, b[:])
-				continue
-			}
 			l.mu.Lock()
 			d := l.dirs[id]
 			l.mu.Unlock()
