@@ -7,6 +7,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/switchyard-proxy/switchyard/buffer"
 )
 
 // pool is one host's stack of idle connections. LIFO: the most recently used connection is the
@@ -132,7 +134,7 @@ type pconn struct {
 }
 
 func newPconn(conn net.Conn, h *Host) *pconn {
-	return &pconn{conn: conn, r: bufio.NewReaderSize(conn, ReaderSize), w: bufio.NewWriterSize(conn, WriterSize), host: h}
+	return &pconn{conn: conn, r: buffer.GetReader(conn), w: buffer.GetWriter(conn), host: h}
 }
 
 // close closes the connection and does its accounting, once.
@@ -199,6 +201,10 @@ func (l *Lease) Hijack() net.Conn {
 		l.hijacked = &hijackedConn{Conn: l.pc.conn, pc: l.pc}
 		// The connection never goes back to the pool: let its buffers go, so an idle tunnel
 		// holds no copy buffer (take any buffered bytes before hijacking).
+		// The holder reads nothing more through them (it took the buffered bytes), so they go
+		// back to the pool for the next handshake.
+		buffer.PutReader(l.pc.r)
+		buffer.PutWriter(l.pc.w)
 		l.pc.r, l.pc.w = nil, nil
 	}
 	return l.hijacked

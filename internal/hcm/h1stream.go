@@ -78,9 +78,12 @@ func (d *h1Stream) read(tunnelMode bool) (*[]byte, int, error) {
 				if m < n {
 					// More early data than one slab: keep the rest buffered for the next call.
 					c.br = br
+				} else {
+					buffer.PutReader(br)
 				}
 				return slab, m, nil
 			}
+			buffer.PutReader(br)
 		}
 		if d.raw == nil {
 			d.raw = tunnel.NewSlabReader(c.nc)
@@ -140,7 +143,11 @@ func (d *h1Stream) writeHead(h *headers.Map, status int, end, switchProto bool) 
 	c.wmu.Unlock()
 	if switchProto && err == nil {
 		d.direct = true
-		c.bw = nil // a tunnel writes straight to the socket: no idle write buffer
+		// A tunnel writes straight to the socket: no idle write buffer. Nothing else writes
+		// through it after the switch (no 100-continue, no early error), so it can be reused.
+		bw := c.bw
+		c.bw = nil
+		buffer.PutWriter(bw)
 	}
 	return d.mode == bodyNone, err
 }

@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/switchyard-proxy/switchyard/buffer"
 	"github.com/switchyard-proxy/switchyard/filter"
 	"github.com/switchyard-proxy/switchyard/headers"
 	"github.com/switchyard-proxy/switchyard/internal/codec/http1"
@@ -300,7 +301,7 @@ func (m *Manager) ServeConn(ctx context.Context, nc net.Conn, ended func()) {
 		scheme, alpn = "https", tc.ConnectionState().NegotiatedProtocol
 	}
 	cc := &countingConn{Conn: nc, rx: s.CxRxBytes, tx: s.CxTxBytes}
-	c := &conn{m: m, nc: cc, br: bufio.NewReaderSize(cc, 16<<10), remote: nc.RemoteAddr().String(), scheme: scheme, life: life}
+	c := &conn{m: m, nc: cc, br: buffer.GetReader(cc), remote: nc.RemoteAddr().String(), scheme: scheme, life: life}
 	stop := context.AfterFunc(ctx, func() { nc.SetReadDeadline(time.Now()) })
 	c.stopWake = func() { stop() }
 	life.add(func() {
@@ -335,7 +336,13 @@ func (m *Manager) ServeConn(ctx context.Context, nc net.Conn, ended func()) {
 	s.CxHTTP1Active.Inc()
 	life.add(s.CxHTTP1Active.Dec)
 	life.add(m.track(c))
-	c.bw = bufio.NewWriterSize(cc, 4<<10)
+	// Only this goroutine reads the connection, so its reader can go back to the pool at the end
+	// (the writer only at a switch: a late timer may still write a reply through it).
+	life.add(func() {
+		buffer.PutReader(c.br)
+		c.br = nil
+	})
+	c.bw = buffer.GetWriter(cc)
 	for !c.closing.Load() && ctx.Err() == nil {
 		if !c.serveOne(ctx) {
 			return

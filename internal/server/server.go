@@ -89,7 +89,10 @@ func (s *Server) Start() error {
 		if s.overload != nil && s.overload.stopRequests != nil {
 			m.SetStopAcceptingRequests(s.overload.shedRequest)
 		}
-		ln, err := net.Listen("tcp", l.Address)
+		// No TCP keepalive on accepted connections, as in Envoy without socket options (Go would
+		// turn it on for each one).
+		lc := net.ListenConfig{KeepAlive: -1}
+		ln, err := lc.Listen(context.Background(), "tcp", l.Address)
 		if err != nil {
 			s.Close()
 			return fmt.Errorf("listener %q: %w", l.Name, err)
@@ -170,9 +173,7 @@ func (s *Server) accept(r *activeListener) {
 			nc.Close()
 			continue
 		}
-		if tc, ok := nc.(*net.TCPConn); ok {
-			tc.SetNoDelay(true)
-		}
+		// Go's accepted TCP connections already have TCP_NODELAY, as Envoy's do.
 		s.mu.Lock()
 		if s.conns == nil {
 			s.mu.Unlock()

@@ -13,7 +13,7 @@ type Options struct {
 	// It runs on the engine's goroutines: it must be quick and must not block.
 	Moved func(toB bool, n int)
 	// Done is called once, from a goroutine of its own, when both directions have ended (nil) or
-	// the tunnel was aborted (why). The sockets are out of the engine by then: closing them is
-	// the caller's job.
+	// the tunnel was aborted (why). The engine does not touch the sockets after that, and the
+	// caller must close both: closing is also what takes them out of the engine's epoll set.
 	Done func(why error)
 }

@@ -550,10 +550,10 @@ func (l *loop) remove(ds ...*direction) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, d := range ds {
+		// No EPOLL_CTL_DEL: Done's contract is that the caller closes both sockets, and closing a
+		// socket takes it out of every epoll set (two syscalls saved per tunnel). Until then an
+		// event for it finds no direction and is dropped.
 		delete(l.dirs, d.id)
-		// Through Control: a socket closed under us left the set by itself, and its number may
-		// already be another tunnel's.
-		d.srcRC.Control(func(fd uintptr) { syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_DEL, int(fd), nil) })
 	}
 	if len(l.dirs) == 0 && l.running {
 		l.file.SetReadDeadline(time.Now()) // wake the loop so it can end
