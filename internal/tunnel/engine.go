@@ -9,6 +9,8 @@ type Options struct {
 	// TowardB and TowardA are the frame state of the bytes already written to B and to A.
 	WebSocket        bool
 	TowardB, TowardA FrameTracker
+	// NoSplice keeps bulk bytes on the copy path (for measuring; splice is the default).
+	NoSplice bool
 	// Moved is told of every n bytes read from A (toB) or from B, before they are written on.
 	// It runs on the engine's goroutines: it must be quick and must not block.
 	Moved func(toB bool, n int)

@@ -80,6 +80,7 @@ type Tunnel struct {
 	ab   direction // A → B
 	ba   direction // B → A
 
+	splice  bool // bulk bytes may go through a pipe (Options.NoSplice unset)
 	goAway  atomic.Bool
 	mu      sync.Mutex
 	ended   int   // directions that have ended
@@ -124,6 +125,13 @@ type direction struct {
 	block  bool // the write may park until dst is writable
 	readFn func(fd uintptr) bool
 	wrFn   func(fd uintptr) bool
+
+	// Splicing: the pipe the direction holds while bulk data moves, and its current call.
+	pipe     *pipe
+	inPipe   int // bytes in the pipe, not yet written to dst
+	spliceN  int // the most the current splice into the pipe may move
+	spliceFn func(fd uintptr) bool
+	drainFn  func(fd uintptr) bool
 }
 
 // ErrEngineClosed is the reason of a tunnel aborted because its sockets could not be used.
@@ -136,7 +144,7 @@ func (e *Engine) Start(opt Options) (*Tunnel, error) {
 	if !okA || !okB {
 		return nil, errors.New("tunnel: the engine carries plain TCP sockets only")
 	}
-	t := &Tunnel{opt: opt, loop: e.loops[int(e.next.Add(1))%len(e.loops)]}
+	t := &Tunnel{opt: opt, loop: e.loops[int(e.next.Add(1))%len(e.loops)], splice: !opt.NoSplice}
 	if err := t.ab.init(t, a, b, true); err != nil {
 		return nil, err
 	}
@@ -166,6 +174,8 @@ func (d *direction) init(t *Tunnel, src, dst *net.TCPConn, toB bool) error {
 	}
 	d.readFn = d.readOnce
 	d.wrFn = d.writeOnce
+	d.spliceFn = d.spliceOnce
+	d.drainFn = d.drainOnce
 	return nil
 }
 
@@ -391,6 +401,13 @@ func (d *direction) pump(buf []byte, onLoop bool) {
 		if !d.maybeClose() {
 			return
 		}
+		if n == len(buf) && d.spliceOK() {
+			// A full read: bulk data is streaming. Move what follows socket to socket through a
+			// pipe, without copying it through user space.
+			if !d.splice(onLoop) {
+				return
+			}
+		}
 		if !onLoop {
 			runtime.Gosched() // fairness among busy directions; see ReadSlabFrom
 		}
@@ -405,15 +422,26 @@ func (d *direction) pump(buf []byte, onLoop bool) {
 	}
 }
 
-// blockedWrite is what a goroutine pump must write before reading again.
+// blockedWrite is what a goroutine pump must write before reading again: the rest of a slab, or
+// the bytes waiting in the direction's pipe.
 type blockedWrite struct {
 	slab *[]byte
 	rest []byte
+	pipe bool
 }
 
 // pumpOwn is a pump on a goroutine of its own: it may block on writes.
 func (d *direction) pumpOwn(w *blockedWrite) {
 	var slab *[]byte
+	if w != nil && w.pipe {
+		d.block = true
+		if !d.drainPipe() {
+			d.abortSplice()
+			return
+		}
+		d.putPipe()
+		w = nil
+	}
 	if w != nil {
 		slab = w.slab
 		d.wbuf, d.block, d.werr = w.rest, true, nil
@@ -607,4 +635,179 @@ func (l *loop) run() {
 			}
 		}
 	}
+}
+
+// Splicing. A direction whose reads fill the buffer is streaming bulk data: it moves the bytes
+// that follow with splice(2), socket → pipe → socket, so they never cross into user space. A
+// WebSocket direction splices only inside a frame's payload (the frame header was read and fed to
+// the tracker), so it stays in step with the frames and GoAway can still close between them.
+
+// spliceMin is the least payload worth a splice: below it the copy is as cheap as the pipe.
+const spliceMin = 16 << 10
+
+// spliceChunk is the most one splice moves: the default pipe capacity.
+const spliceChunk = 64 << 10
+
+func (d *direction) spliceOK() bool {
+	if !d.t.splice || d.closed {
+		return false
+	}
+	return !d.track || d.ft.PayloadLeft() >= spliceMin
+}
+
+// splice moves bulk bytes until the source has none ready (or, for a WebSocket, the frame's
+// payload ends). It reports whether the pump goes on; false means the direction was handed to a
+// goroutine (dst full while on the loop) or ended.
+func (d *direction) splice(onLoop bool) bool {
+	if d.pipe = getPipe(); d.pipe == nil {
+		return true // no pipe to be had: copying still works
+	}
+	for chunks := 0; !d.t.isAborted(); chunks++ {
+		if chunks == loopReadsPerTurn {
+			if onLoop {
+				d.putPipe()
+				go d.pumpOwn(nil) // a long transfer goes on off the loop
+				return false
+			}
+			chunks = 0
+			runtime.Gosched()
+		}
+		limit := spliceChunk
+		if d.track {
+			left := d.ft.PayloadLeft()
+			if left == 0 {
+				break
+			}
+			limit = int(min(left, uint64(limit)))
+		}
+		d.spliceN, d.rn, d.rerr = limit, 0, nil
+		if err := d.srcRC.Read(d.spliceFn); err != nil {
+			d.rerr = err
+		}
+		if d.rerr == syscall.EAGAIN || d.rn == 0 && d.rerr == nil {
+			break // nothing ready, or EOF: the copy path sees it on its next read
+		}
+		if d.rerr != nil {
+			d.abortSplice()
+			return false
+		}
+		n := d.rn
+		d.inPipe = n
+		if d.t.opt.Moved != nil {
+			d.t.opt.Moved(d.toB, n)
+		}
+		if d.track {
+			d.ft.Skip(uint64(n))
+		}
+		d.block = !onLoop
+		if !d.drainPipe() {
+			d.abortSplice()
+			return false
+		}
+		if d.inPipe > 0 {
+			go d.pumpOwn(&blockedWrite{pipe: true}) // dst is full: wait for it off the loop
+			return false
+		}
+	}
+	d.putPipe()
+	return true
+}
+
+// spliceOnce moves up to spliceN bytes from the source socket into the pipe, without blocking.
+func (d *direction) spliceOnce(fd uintptr) bool {
+	for {
+		n, err := syscall.Splice(int(fd), nil, d.pipe.w, nil, d.spliceN, spliceMove|spliceNonblock)
+		if err == syscall.EINTR {
+			continue
+		}
+		d.rn, d.rerr = int(n), err
+		return true
+	}
+}
+
+// drainOnce writes the pipe's bytes to dst; when block is set it parks until dst is writable.
+func (d *direction) drainOnce(fd uintptr) bool {
+	for d.inPipe > 0 {
+		n, err := syscall.Splice(d.pipe.r, nil, int(fd), nil, d.inPipe, spliceMove|spliceNonblock)
+		switch {
+		case err == syscall.EINTR:
+			continue
+		case err == syscall.EAGAIN:
+			return !d.block
+		case err != nil:
+			d.werr = err
+			return true
+		}
+		d.inPipe -= int(n)
+	}
+	return true
+}
+
+// drainPipe empties the pipe into dst as far as it can (all of it when block is set). It reports
+// false on a write error.
+func (d *direction) drainPipe() bool {
+	d.werr = nil
+	if err := d.dstRC.Write(d.drainFn); err != nil && d.werr == nil {
+		d.werr = err
+	}
+	return d.werr == nil
+}
+
+// abortSplice ends the tunnel after a failed splice; the pipe, which may hold bytes, is closed.
+func (d *direction) abortSplice() {
+	err := d.werr
+	if err == nil {
+		err = d.rerr
+	}
+	if err == nil {
+		err = ErrEngineClosed
+	}
+	d.pipe.close()
+	d.pipe, d.inPipe = nil, 0
+	d.t.Abort(err)
+	d.end()
+}
+
+func (d *direction) putPipe() {
+	putPipe(d.pipe)
+	d.pipe = nil
+}
+
+// Splice flags (package syscall has no names for them).
+const (
+	spliceMove     = 0x1
+	spliceNonblock = 0x2
+)
+
+// pipe is a kernel pipe that bulk bytes pass through. Only empty pipes go back to the pool.
+type pipe struct{ r, w int }
+
+// pipes keeps a few empty pipes, so a burst of bulk transfers does not open and close pipes for
+// every splice run; the rest are closed.
+var pipes = make(chan *pipe, 64)
+
+func getPipe() *pipe {
+	select {
+	case p := <-pipes:
+		return p
+	default:
+	}
+	var fds [2]int
+	if err := syscall.Pipe2(fds[:], syscall.O_CLOEXEC|syscall.O_NONBLOCK); err != nil {
+		return nil
+	}
+	return &pipe{r: fds[0], w: fds[1]}
+}
+
+func putPipe(p *pipe) {
+	select {
+	case pipes <- p:
+	default:
+		p.close()
+	}
+}
+
+func (p *pipe) close() {
+	syscall.Close(p.r)
+	syscall.Close(p.w)
 }

@@ -374,3 +374,39 @@ func TestEngineStalledReader(t *testing.T) {
 		t.Fatalf("got %d bytes, want %d intact", len(got), total)
 	}
 }
+
+// Large WebSocket frames are spliced inside their payload and arrive intact, and GoAway after
+// them still closes between frames.
+func TestEngineWebSocketBulkThenGoAway(t *testing.T) {
+	for _, noSplice := range []bool{false, true} {
+		e := NewEngine(1)
+		et := startEngineTunnel(t, e, Options{WebSocket: true, NoSplice: noSplice})
+		var sent []byte
+		for i := range 20 {
+			payload := make([]byte, 100_000+i*4099)
+			rand.Read(payload)
+			// A masked binary frame with a 64-bit length and a zero mask (payload unchanged).
+			h := []byte{0x82, 0x80 | 127, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
+			for j := range 8 {
+				h[2+j] = byte(uint64(len(payload)) >> (56 - 8*j))
+			}
+			sent = append(append(sent, h...), payload...)
+		}
+		go et.client.Write(sent)
+		got := readN(t, et.server, len(sent))
+		if !bytes.Equal(got, sent) {
+			t.Fatalf("noSplice=%v: frames arrived changed", noSplice)
+		}
+		et.t.GoAway()
+		cl := readN(t, et.server, 8)
+		if cl[0] != 0x88 || cl[1] != 0x82 {
+			t.Fatalf("noSplice=%v: after the frames the server got % x, want a masked Close", noSplice, cl)
+		}
+		expectEOF(t, et.server)
+		if et.up.Load() != int64(len(sent)) {
+			t.Fatalf("Moved counted %d, want %d", et.up.Load(), len(sent))
+		}
+		et.t.Abort(errors.New("test over"))
+		et.waitDone(t)
+	}
+}

@@ -42,6 +42,18 @@ func (t *FrameTracker) Feed(p []byte) {
 	}
 }
 
+// PayloadLeft is how many payload bytes of the current frame are still to come once its header
+// has passed: the bytes a pump may move without looking at them (splice) and stay in step.
+func (t *FrameTracker) PayloadLeft() uint64 {
+	if t.n != 0 {
+		return 0
+	}
+	return t.remaining
+}
+
+// Skip accounts for n payload bytes moved without being seen; n must not exceed PayloadLeft.
+func (t *FrameTracker) Skip(n uint64) { t.remaining -= n }
+
 // AtBoundary reports whether the bytes fed so far end exactly at the end of a frame.
 func (t *FrameTracker) AtBoundary() bool { return t.remaining == 0 && t.n == 0 }
 
