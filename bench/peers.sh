@@ -20,7 +20,7 @@ die() { echo "peers.sh: $*" >&2; exit 1; }
 log() { echo "peers.sh: $*" >&2; }
 
 # --- process bookkeeping: every process started here is killed on exit --------------------------
-declare -A PID=()   # target name -> pid to charge (-pid)
+declare -A PID=()   # process name -> pid of the process start() launched
 STARTED=()
 cleanup() {
   local p
@@ -93,8 +93,9 @@ log "building switchyard and switchyard-bench"
 ulimit -n 20000 2>/dev/null || log "could not raise the fd limit to 20000 (now $(ulimit -n))"
 
 # --- targets -------------------------------------------------------------------------------------
-# url_of TARGET, start_target TARGET, and the pid charged for CPU/RSS (multi-process targets: none,
-# because switchyard-bench samples one process).
+# url_of TARGET, start_target TARGET, and pid_of TARGET: the -pid list charged for CPU/RSS.
+# switchyard-bench counts each listed process with all its descendants, so nginx's master brings its
+# workers, and HAProxy/Caddy their children if they fork; the two-hop chain lists front and sidecar.
 url_of() {
   case $1 in
     direct) echo ws://127.0.0.1:18080/ ;; nginx) echo ws://127.0.0.1:18081/ ;;
@@ -119,7 +120,7 @@ stop_target() {
 }
 pid_of() {
   case $1 in
-    direct) echo "${PID[echo]}" ;; nginx|sy-2hop) echo 0 ;;  # several processes: not charged
+    direct) echo "${PID[echo]}" ;; sy-2hop) echo "${PID[sy-2hop]},${PID[sy-sidecar]}" ;;
     *) echo "${PID[$1]}" ;;
   esac
 }

@@ -5,6 +5,7 @@
 //	switchyard-bench -url ws://127.0.0.1:18081/ -workload echo -conns 100 -size 1024 -duration 5s -pid PID
 //	switchyard-bench -url ws://127.0.0.1:18081/ -proto h2 -workload handshakes -conns 50
 //	switchyard-bench -url ws://127.0.0.1:18081/ -workload idle -conns 9000 -pid PID
+//	switchyard-bench -url ws://127.0.0.1:18085/ -workload echo -conns 100 -pid FRONT_PID,SIDECAR_PID
 //
 // See internal/bench for what each workload counts.
 package main
@@ -43,7 +44,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.Int64Var(&cfg.Ops, "ops", 0, "end the window after this many operations instead of after -duration")
 	fs.DurationVar(&cfg.Warmup, "warmup", time.Second, "load before the window opens")
 	fs.Float64Var(&cfg.Rate, "rate", 0, "operations per second over all sockets (0: closed loop)")
-	fs.IntVar(&cfg.PID, "pid", 0, "process to charge CPU (/proc/PID/stat) and RSS (/proc/PID/status) to")
+	fs.Func("pid", "processes to charge CPU (/proc/PID/stat) and RSS (/proc/PID/status) to: PID or PID,PID,..., each with all its descendants", func(s string) error {
+		pids, err := bench.ParsePIDs(s)
+		cfg.PIDs = pids
+		return err
+	})
 	fs.BoolVar(&cfg.Insecure, "insecure", false, "do not verify the TLS certificate (wss://)")
 	fs.DurationVar(&cfg.Settle, "settle", 2*time.Second, "idle: wait after the last socket opened before sampling RSS")
 	if err := fs.Parse(args); err != nil {

@@ -3,6 +3,9 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"os"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -18,13 +21,17 @@ func TestRun(t *testing.T) {
 	go e.Serve()
 	defer e.Close()
 	url := "ws://" + e.Addr() + "/"
+	self := strconv.Itoa(os.Getpid())
+	echo := []string{"-url", url, "-workload", "echo", "-conns", "2", "-size", "128", "-duration", "300ms", "-warmup", "50ms", "-target", "direct"}
 	tests := []struct {
 		name   string
 		args   []string
 		code   int
 		stderr string
 	}{
-		{"echo", []string{"-url", url, "-workload", "echo", "-conns", "2", "-size", "128", "-duration", "300ms", "-warmup", "50ms", "-target", "direct"}, 0, ""},
+		{"echo", echo, 0, ""},
+		{"echo pid list", append([]string{"-pid", self + "," + self}, echo...), 0, ""},
+		{"bad pid list", append([]string{"-pid", self + ",x"}, echo...), 2, "positive process ID"},
 		{"help", []string{"-h"}, 0, "-workload"},
 		{"no url", nil, 2, "give -url"},
 		{"bad flag", []string{"-conn", "3"}, 2, "-conn"},
@@ -53,6 +60,12 @@ func TestRun(t *testing.T) {
 			}
 			if res.Ops <= 0 || res.Workload != "echo" || res.Target != "direct" || res.Conns != 2 || res.MsgBytes != 128 {
 				t.Errorf("result %+v", res)
+			}
+			if strings.Contains(tt.name, "pid") {
+				// This process, listed twice, is charged once; it has no children.
+				if res.TargetPID != os.Getpid() || !slices.Equal(res.TargetPIDs, []int{os.Getpid()}) || res.RSSKiBAfter <= 0 || res.CPUUSPerOp <= 0 {
+					t.Errorf("charged %d %v, RSS %d KiB, %v us/op", res.TargetPID, res.TargetPIDs, res.RSSKiBAfter, res.CPUUSPerOp)
+				}
 			}
 		})
 	}

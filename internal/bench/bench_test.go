@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -57,7 +58,7 @@ func runJSON(t *testing.T, cfg Config) map[string]any {
 	}
 	for _, k := range []string{"workload", "target", "proto", "conns", "msg_bytes", "duration_s", "ops", "ops_per_s",
 		"p50_us", "p99_us", "p999_us", "throughput_mib_s", "target_pid", "cpu_us_per_op", "client_cpu_cores", "rss_kib_before",
-		"rss_kib_after", "rss_per_idle_tunnel_kib"} {
+		"rss_kib_after", "rss_per_idle_tunnel_kib", "target_pids"} {
 		if _, ok := m[k]; !ok {
 			t.Errorf("result line lacks %q: %s", k, line)
 		}
@@ -110,11 +111,12 @@ func TestRunWorkloads(t *testing.T) {
 		for _, tt := range tests {
 			t.Run(proto+"/"+tt.workload, func(t *testing.T) {
 				m := runJSON(t, Config{URL: url, Proto: proto, Workload: tt.workload, Conns: tt.conns, Size: tt.size,
-					Duration: 300 * time.Millisecond, Warmup: 50 * time.Millisecond, Settle: 10 * time.Millisecond, PID: os.Getpid()})
+					Duration: 300 * time.Millisecond, Warmup: 50 * time.Millisecond, Settle: 10 * time.Millisecond, PIDs: []int{os.Getpid()}})
 				if m["ops"].(float64) <= 0 || m["ops_per_s"].(float64) <= 0 {
 					t.Errorf("no operations: %v", m)
 				}
-				if m["workload"] != tt.workload || m["proto"] != proto || m["target"] != url || m["target_pid"].(float64) != float64(os.Getpid()) {
+				if m["workload"] != tt.workload || m["proto"] != proto || m["target"] != url || m["target_pid"].(float64) != float64(os.Getpid()) ||
+					!slices.Contains(m["target_pids"].([]any), any(float64(os.Getpid()))) {
 					t.Errorf("labels: %v", m)
 				}
 				tt.check(t, m)
@@ -241,23 +243,25 @@ func TestHistogramQuantiles(t *testing.T) {
 
 func TestParseProc(t *testing.T) {
 	tests := []struct {
-		name  string
-		stat  string
-		ticks int64
+		name string
+		stat string
+		want statFields
 	}{
-		{"plain", "42 (sy) S 1 42 42 0 -1 4194304 100 0 0 0 150 25 0 0 20 0 8 0 1000 123456 789", 175},
-		{"name with spaces and parens", "42 (a b) c)) R 1 42 42 0 -1 0 0 0 0 0 7 3 0 0", 10},
+		{"plain", "42 (sy) S 1 42 42 0 -1 4194304 100 0 0 0 150 25 0 0 20 0 8 0 1000 123456 789", statFields{ppid: 1, ticks: 175, start: 1000}},
+		{"name with spaces and parens", "43 (a b) c)) R 42 43 43 0 -1 0 0 0 0 0 7 3 0 0 20 0 1 0 555", statFields{ppid: 42, ticks: 10, start: 555}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := parseStatCPU([]byte(tt.stat))
-			if err != nil || got != tt.ticks {
-				t.Errorf("parseStatCPU = %d, %v; want %d", got, err, tt.ticks)
+			got, err := parseStat([]byte(tt.stat))
+			if err != nil || got != tt.want {
+				t.Errorf("parseStat = %+v, %v; want %+v", got, err, tt.want)
 			}
 		})
 	}
-	if _, err := parseStatCPU([]byte("42 (sy) S 1")); err == nil {
-		t.Error("a short stat line parsed")
+	for _, bad := range []string{"42 (sy) S 1", "42 (sy) S x 42 42 0 -1 0 0 0 0 0 7 3 0 0 20 0 1 0 555", "no name"} {
+		if _, err := parseStat([]byte(bad)); err == nil {
+			t.Errorf("parseStat(%q) did not fail", bad)
+		}
 	}
 	rss, err := parseStatusRSS([]byte("Name:\tsy\nVmPeak:\t  9000 kB\nVmRSS:\t    8136 kB\nThreads:\t8\n"))
 	if err != nil || rss != 8136 {

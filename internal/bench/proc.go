@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -13,10 +14,129 @@ import (
 	"time"
 )
 
-// procSample is what /proc says about the target process at one instant.
+// ParsePIDs reads the -pid flag: a comma-separated list of process IDs, each charged together
+// with all its descendants, so a target that is several processes (nginx's master and workers,
+// a front proxy and its sidecar) is measured whole. "" and "0" mean no process, as -pid 0 did when
+// the flag took one PID. Duplicates are dropped; the order is kept, so the first PID stays first.
+func ParsePIDs(s string) ([]int, error) {
+	s = strings.TrimSpace(s)
+	if s == "" || s == "0" {
+		return nil, nil
+	}
+	var pids []int
+	for f := range strings.SplitSeq(s, ",") {
+		f = strings.TrimSpace(f)
+		n, err := strconv.Atoi(f)
+		if err != nil || n <= 0 {
+			return nil, fmt.Errorf("pid %q: want a positive process ID", f)
+		}
+		if !slices.Contains(pids, n) {
+			pids = append(pids, n)
+		}
+	}
+	return pids, nil
+}
+
+// procSample is what /proc says about one process at one instant.
 type procSample struct {
 	cpu    time.Duration // utime + stime, all threads
-	rssKiB int64         // VmRSS
+	rssKiB int64         // VmRSS; 0 for a zombie, which has no memory left
+}
+
+// procKey names a process across two samples: the kernel may hand an exited process's PID to a
+// new one within the window, and the start time tells them apart.
+type procKey struct {
+	pid   int
+	start int64 // starttime, clock ticks after boot
+}
+
+// snapshot is the charged processes (the listed ones and all their descendants) at one instant.
+type snapshot struct {
+	procs  map[procKey]procSample
+	rssKiB int64 // the sum of VmRSS over procs
+}
+
+// pids lists the processes in the snapshot, in ascending order.
+func (s snapshot) pids() []int {
+	pids := make([]int, 0, len(s.procs))
+	for k := range s.procs {
+		pids = append(pids, k.pid)
+	}
+	slices.Sort(pids)
+	return pids
+}
+
+// cpuSince is the CPU the charged processes used between two snapshots, summed over the union of
+// the processes in either. A process in both is charged its difference. A process only in after
+// started during the window (a respawned worker), so all its CPU is charged. A process only in
+// before exited during the window; its CPU after before was taken is unknown (it went into its
+// parent's cutime, mixed with its earlier CPU), so it is charged nothing: the figure can only be
+// low, by what exited workers used in the window. A process born and gone within the window is not
+// seen at all.
+func cpuSince(before, after snapshot) time.Duration {
+	var d time.Duration
+	for k, a := range after.procs {
+		d += a.cpu - before.procs[k].cpu // 0 when k is not in before
+	}
+	return d
+}
+
+// sampleTree reads the processes roots and all their descendants (children, grandchildren...),
+// found by scanning every /proc/PID/stat for its parent PID, which needs no kernel option, unlike
+// /proc/PID/task/TID/children. A root that does not exist is an error; a descendant that exits
+// while the scan reads it is left out. RSS is VmRSS summed over the processes, so memory they share
+// (libraries, pages a worker still shares with its master) counts once per process; differences
+// between two snapshots, as the idle workload takes, are not affected by what stays shared.
+func sampleTree(roots []int) (snapshot, error) {
+	s := snapshot{procs: make(map[procKey]procSample)}
+	if len(roots) == 0 {
+		return s, nil
+	}
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return snapshot{}, err
+	}
+	stats := make(map[int]statFields, len(ents))
+	children := make(map[int][]int)
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid <= 0 {
+			continue
+		}
+		st, err := readStat(pid)
+		if err != nil {
+			continue // exited since ReadDir
+		}
+		stats[pid] = st
+		children[st.ppid] = append(children[st.ppid], pid)
+	}
+	queue := make([]int, 0, len(roots))
+	for _, pid := range roots {
+		if _, ok := stats[pid]; !ok {
+			// Not listed: gone, or a thread ID, which /proc resolves but does not list.
+			st, err := readStat(pid)
+			if err != nil {
+				return snapshot{}, fmt.Errorf("process %d: %w", pid, err)
+			}
+			stats[pid] = st
+		}
+		queue = append(queue, pid)
+	}
+	seen := make(map[int]bool)
+	for len(queue) > 0 {
+		pid := queue[0]
+		queue = queue[1:]
+		if seen[pid] {
+			continue // listed twice, or a listed process is a descendant of another
+		}
+		seen[pid] = true
+		queue = append(queue, children[pid]...)
+		st := stats[pid]
+		rss, _ := readRSS(pid) // 0 if it exited or is a zombie: it holds no memory
+		s.procs[procKey{pid, st.start}] = procSample{cpu: time.Duration(st.ticks) * time.Second / time.Duration(clockTick()), rssKiB: rss}
+		s.rssKiB += rss
+	}
+	return s, nil
 }
 
 // clockTick is sysconf(_SC_CLK_TCK) as `getconf CLK_TCK` prints it, 100 when that fails (the value
@@ -41,44 +161,48 @@ func selfCPU() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// sampleProc reads /proc/PID/stat and /proc/PID/status.
-func sampleProc(pid int) (procSample, error) {
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+func readStat(pid int) (statFields, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
-		return procSample{}, err
+		return statFields{}, err
 	}
-	ticks, err := parseStatCPU(stat)
-	if err != nil {
-		return procSample{}, err
-	}
-	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return procSample{}, err
-	}
-	rss, err := parseStatusRSS(status)
-	if err != nil {
-		return procSample{}, err
-	}
-	return procSample{cpu: time.Duration(ticks) * time.Second / time.Duration(clockTick()), rssKiB: rss}, nil
+	return parseStat(b)
 }
 
-// parseStatCPU returns utime + stime (fields 14 and 15 of proc(5)) in clock ticks. The command
-// name, field 2, may hold spaces and parentheses, so fields are counted from the last ')'.
-func parseStatCPU(stat []byte) (int64, error) {
+func readRSS(pid int) (int64, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0, err
+	}
+	return parseStatusRSS(b)
+}
+
+// statFields is what the charging needs from /proc/PID/stat.
+type statFields struct {
+	ppid  int   // field 4
+	ticks int64 // utime + stime, fields 14 and 15, in clock ticks
+	start int64 // starttime, field 22, in clock ticks after boot
+}
+
+// parseStat reads proc(5)'s /proc/PID/stat. The command name, field 2, may hold spaces and
+// parentheses, so fields are counted from the last ')'.
+func parseStat(stat []byte) (statFields, error) {
 	i := bytes.LastIndexByte(stat, ')')
 	if i < 0 {
-		return 0, errors.New("/proc stat: no command name")
+		return statFields{}, errors.New("/proc stat: no command name")
 	}
 	f := strings.Fields(string(stat[i+1:])) // f[0] is field 3, the state
-	if len(f) < 13 {
-		return 0, errors.New("/proc stat: too few fields")
+	if len(f) < 20 {
+		return statFields{}, errors.New("/proc stat: too few fields")
 	}
-	utime, err1 := strconv.ParseInt(f[11], 10, 64)
-	stime, err2 := strconv.ParseInt(f[12], 10, 64)
-	if err := errors.Join(err1, err2); err != nil {
-		return 0, fmt.Errorf("/proc stat: %w", err)
+	ppid, err1 := strconv.Atoi(f[1])
+	utime, err2 := strconv.ParseInt(f[11], 10, 64)
+	stime, err3 := strconv.ParseInt(f[12], 10, 64)
+	start, err4 := strconv.ParseInt(f[19], 10, 64)
+	if err := errors.Join(err1, err2, err3, err4); err != nil {
+		return statFields{}, fmt.Errorf("/proc stat: %w", err)
 	}
-	return utime + stime, nil
+	return statFields{ppid: ppid, ticks: utime + stime, start: start}, nil
 }
 
 // parseStatusRSS returns VmRSS in KiB.

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -42,14 +43,16 @@ type Config struct {
 	Ops      int64         // when > 0, the window ends after this many operations instead
 	Warmup   time.Duration // load before the window opens
 	Rate     float64       // operations per second over all sockets; 0 is closed loop
-	PID      int           // the process charged with CPU and RSS; 0 for none
+	PIDs     []int         // the processes charged with CPU and RSS, each with its descendants; none when empty
 	Insecure bool          // skip TLS certificate checks
 	Settle   time.Duration // idle: the wait between the last socket opening and the RSS sample
 }
 
 // Result is the one JSON line a run prints. Latencies are per round trip for echo and from
 // connect to upgraded for handshakes and idle, and 0 for bulk. The throughput counts echoed
-// payload once. CPU and RSS fields are 0 without a PID. For idle, duration and ops/s cover opening
+// payload once. CPU and RSS cover every process in target_pids: the PIDs given and their
+// descendants, as found at the end of the window (target_pid is the first PID given, as when only
+// one could be). CPU and RSS fields are 0 without a PID. For idle, duration and ops/s cover opening
 // the sockets, CPU per op is the target's CPU from before the first to the RSS sample per socket,
 // and target_cpu_cores is 0. client_cpu_cores is this process (the load generator) in the window.
 type Result struct {
@@ -66,6 +69,7 @@ type Result struct {
 	P999US              float64 `json:"p999_us"`
 	ThroughputMiBS      float64 `json:"throughput_mib_s"`
 	TargetPID           int     `json:"target_pid"`
+	TargetPIDs          []int   `json:"target_pids"`
 	CPUUSPerOp          float64 `json:"cpu_us_per_op"`
 	TargetCPUCores      float64 `json:"target_cpu_cores"`
 	ClientCPUCores      float64 `json:"client_cpu_cores"`
@@ -90,6 +94,8 @@ func (cfg *Config) check() error {
 		return errors.New("give a duration or a number of ops")
 	case cfg.Rate < 0:
 		return errors.New("rate must not be negative")
+	case slices.ContainsFunc(cfg.PIDs, func(p int) bool { return p <= 0 }):
+		return fmt.Errorf("pids %v: want positive process IDs", cfg.PIDs)
 	}
 	return nil
 }
@@ -111,10 +117,8 @@ func Run(cfg Config) (*Result, error) {
 	}
 	r.t0.Store(math.MaxInt64)
 	r.t1.Store(math.MaxInt64)
-	if cfg.PID > 0 {
-		if _, err := sampleProc(cfg.PID); err != nil {
-			return nil, err
-		}
+	if _, err := sampleTree(cfg.PIDs); err != nil {
+		return nil, err
 	}
 	// One socket first, so a wrong URL or a target without upgrades is a plain error.
 	first, err := r.d.dial()
@@ -308,11 +312,10 @@ func (r *runner) shutdown(wg *sync.WaitGroup) {
 	wg.Wait()
 }
 
-func (r *runner) sample() (procSample, error) {
-	if r.cfg.PID <= 0 {
-		return procSample{}, nil
-	}
-	return sampleProc(r.cfg.PID)
+// sample reads the charged processes, discovering their descendants anew each time, so workers a
+// target respawned during the window are found.
+func (r *runner) sample() (snapshot, error) {
+	return sampleTree(r.cfg.PIDs)
 }
 
 // pacer spaces one worker's operations for -rate; nil means closed loop.
@@ -432,7 +435,7 @@ func (r *runner) idle(first *wsConn) (*Result, error) {
 		return nil, err
 	}
 	res := r.result(opened, before, after)
-	if res.Ops > 0 && r.cfg.PID > 0 {
+	if res.Ops > 0 && len(r.cfg.PIDs) > 0 {
 		res.RSSPerIdleTunnelKiB = round(float64(after.rssKiB-before.rssKiB)/float64(res.Ops), 2)
 	}
 	res.ThroughputMiBS = 0
@@ -440,7 +443,7 @@ func (r *runner) idle(first *wsConn) (*Result, error) {
 	return res, nil
 }
 
-func (r *runner) result(window time.Duration, before, after procSample) *Result {
+func (r *runner) result(window time.Duration, before, after snapshot) *Result {
 	ops := r.ops.Load()
 	secs := window.Seconds()
 	target := r.cfg.Target
@@ -449,7 +452,7 @@ func (r *runner) result(window time.Duration, before, after procSample) *Result 
 	}
 	res := &Result{
 		Workload: r.cfg.Workload, Target: target, Proto: r.cfg.Proto, Conns: r.cfg.Conns, MsgBytes: r.cfg.Size,
-		DurationS: round(secs, 3), Ops: ops, Errors: r.errs.Load(), TargetPID: max(r.cfg.PID, 0),
+		DurationS: round(secs, 3), Ops: ops, Errors: r.errs.Load(), TargetPIDs: after.pids(),
 		RSSKiBBefore: before.rssKiB, RSSKiBAfter: after.rssKiB,
 	}
 	if secs > 0 {
@@ -463,8 +466,9 @@ func (r *runner) result(window time.Duration, before, after procSample) *Result 
 	res.P50US = round(h.quantile(0.5)/1e3, 1)
 	res.P99US = round(h.quantile(0.99)/1e3, 1)
 	res.P999US = round(h.quantile(0.999)/1e3, 1)
-	if r.cfg.PID > 0 {
-		cpu := after.cpu - before.cpu
+	if len(r.cfg.PIDs) > 0 {
+		res.TargetPID = r.cfg.PIDs[0]
+		cpu := cpuSince(before, after)
 		if secs > 0 {
 			res.TargetCPUCores = round(cpu.Seconds()/secs, 3)
 		}
