@@ -86,7 +86,8 @@ type handoff struct {
 }
 
 func newStream(ctx context.Context, m *Manager, down downstream, h *headers.Map) *stream {
-	s := &stream{m: m, down: down, ri: down.info(), h: h, method: h.Get(headers.Method), done: make(chan struct{})}
+	// Strings kept for the stream's life are copies: a view would keep the whole request head.
+	s := &stream{m: m, down: down, ri: down.info(), h: h, method: strings.Clone(h.Get(headers.Method)), done: make(chan struct{})}
 	s.ctx, s.cancel = context.WithCancel(ctx)
 	s.decoderLimit.Store(int64(m.bufferLimit))
 	s.touch()
@@ -151,7 +152,7 @@ func (s *stream) run() bool {
 			s.earlyReply(403, "", "upgrade_failed")
 			return false
 		case upgradeAccepted:
-			s.upgrade = strings.ToLower(token)
+			s.upgrade = strings.Clone(strings.ToLower(token))
 			s.upStats = ms.Upgrade(s.upgrade)
 			s.upStats.Accepted.Inc()
 			ms.CxUpgradesTotal.Inc()
@@ -749,6 +750,9 @@ func (s *stream) takeHandoff(readErr error) bool {
 	d.c.stopWake = nil
 	s.encMu.Lock()
 	towardA := s.wsDown
+	// Nothing encodes through the chain any more: the engine writes to the client. Dropping the
+	// iterator lets the response head it kept go.
+	s.respEnded, s.enc = true, nil
 	s.encMu.Unlock()
 	t, err := tunnel.DefaultEngine().Start(tunnel.Options{
 		A: d.c.nc, B: h.up,

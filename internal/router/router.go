@@ -177,7 +177,7 @@ func (r *routerFilter) DecodeHeaders(h *headers.Map, end bool) filter.Status {
 		r.cb.SendLocalReply(400, "", errUpgradeBodyOverH2.Error())
 		return filter.StopIteration
 	}
-	r.method = h.Get(headers.Method)
+	r.method = strings.Clone(h.Get(headers.Method)) // not a view of the request head, which may go
 	r.hasBody = !end
 	r.chunked = r.upgrade == "" && r.info.RequestChunked()
 	r.limit = r.info.BufferLimit()
