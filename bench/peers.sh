@@ -126,6 +126,10 @@ pid_of() {
 }
 
 TARGETS=(direct "${PEERS[@]}" switchyard)
+# WebSocket over HTTP/2 from the client (RFC 8441, h2c prior knowledge): nginx 1.22 and Caddy 2.6 (built
+# with a Go that has no extended CONNECT) cannot take it.
+H2TARGETS=(direct switchyard)
+for p in "${PEERS[@]}"; do [ "$p" = haproxy ] && H2TARGETS+=(haproxy); done
 start echo 18080 "$BIN_BENCH" -serve 127.0.0.1:18080
 restart_all() { local t; for t in "${TARGETS[@]}" sy-2hop; do stop_target "$t"; done
                 for t in "${TARGETS[@]}" sy-2hop; do start_target "$t"; done; }
@@ -135,6 +139,8 @@ restart_all
 CASES=(
   "echo c=1 64B|-workload echo -conns 1 -size 64|${TARGETS[*]}"
   "echo c=100 1KiB|-workload echo -conns 100 -size 1024|${TARGETS[*]} sy-2hop"
+  "echo c=1000 64B|-workload echo -conns 1000 -size 64|${TARGETS[*]}"
+  "h2 echo c=100 1KiB|-proto h2 -workload echo -conns 100 -size 1024|${H2TARGETS[*]}"
   "bulk 64KiB|-workload bulk -conns 1 -size 65536|${TARGETS[*]} sy-2hop"
   "handshakes c=50|-workload handshakes -conns 50|${TARGETS[*]}"
 )
