@@ -36,7 +36,12 @@ type SlabReader struct {
 	again     bool
 	readFirst bool // the last read filled its slab: try reading before waiting
 	read      func(fd uintptr) bool
+	waitRead  func(fd uintptr) bool
 }
+
+// smallRead is how much the direct path reads into the stack while it waits: a typical message in
+// one syscall (the readiness check and the read are the same call), and nothing held while idle.
+const smallRead = 2 << 10
 
 // ReadCounter is implemented by connection wrappers that count the bytes read through them, so
 // a SlabReader that reads the socket underneath still counts.
@@ -66,6 +71,7 @@ func NewSlabReader(c net.Conn) *SlabReader {
 	}
 	r.peek = r.peekOnce
 	r.read = r.readOnce
+	r.waitRead = r.waitReadOnce
 	r.direct = r.rc != nil && transparent
 	r.counter, _ = c.(ReadCounter)
 	return r
@@ -82,6 +88,26 @@ func (r *SlabReader) readOnce(fd uintptr) bool {
 	}
 	r.again = r.readErr == syscall.EAGAIN || r.readErr == syscall.EWOULDBLOCK
 	return true
+}
+
+// waitReadOnce is the direct path's wait: a non-blocking read into the stack. Nothing ready parks
+// the goroutine (no buffer held); bytes are copied into a pooled slab only once they have come.
+func (r *SlabReader) waitReadOnce(fd uintptr) bool {
+	var b [smallRead]byte
+	for {
+		n, err := syscall.Read(int(fd), b[:])
+		switch {
+		case err == syscall.EINTR:
+			continue
+		case err == syscall.EAGAIN || err == syscall.EWOULDBLOCK:
+			return false
+		case n > 0:
+			r.slab = buffer.GetSlab()
+			copy(*r.slab, b[:n])
+		}
+		r.n, r.readErr, r.again = n, err, false
+		return true
+	}
 }
 
 // peekOnce is the poller callback: false parks the goroutine until the socket is readable.
@@ -117,16 +143,28 @@ func (r *SlabReader) Read() (*[]byte, int, error) {
 	if r.direct {
 		// A read that filled the slab suggests more is waiting: read straight away next time (one
 		// syscall per slab while bulk data streams). Otherwise — request/response traffic, an idle
-		// tunnel — wait for readability without a buffer first, as a plain read would park
-		// holding one.
+		// tunnel — read into the stack, parking with no buffer if nothing is there (a plain read
+		// would park holding one): one syscall per message instead of a peek and a read.
 		for {
-			if !r.readFirst {
-				if err := r.Wait(); err != nil {
-					return nil, 0, err
+			var err error
+			if r.readFirst {
+				r.slab = buffer.GetSlab()
+				err = r.rc.Read(r.read)
+			} else {
+				// Wait and read in one call; a read that filled the stack buffer may have more
+				// behind it, which the next call reads straight into a slab.
+				r.slab = nil
+				err = r.rc.Read(r.waitRead)
+				if err == nil && r.readErr == nil && r.n == smallRead {
+					r.readFirst = true
+					slab, n := r.slab, r.n
+					r.slab = nil
+					if r.counter != nil {
+						r.counter.CountRead(n)
+					}
+					return slab, n, nil
 				}
 			}
-			r.slab = buffer.GetSlab()
-			err := r.rc.Read(r.read)
 			slab := r.slab
 			r.slab = nil
 			switch {
