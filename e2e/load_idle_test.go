@@ -7,19 +7,34 @@ import (
 	"io"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/switchyard-proxy/switchyard/internal/testing/harness"
 )
 
-// TestLoadIdleTunnels holds thousands of idle WebSocket tunnels (3000, or
+// idleTunnelsDefault is the 9,000 tunnels, or fewer when the file descriptor limit cannot
+// take them: this process holds two sockets per tunnel (client and upstream), as does the proxy.
+func idleTunnelsDefault(t *testing.T) int {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return 3000
+	}
+	n := min(9000, (int(lim.Cur)-1000)/2)
+	if n < 9000 {
+		t.Logf("RLIMIT_NOFILE %d: %d tunnels instead of 9000", lim.Cur, n)
+	}
+	return max(n, 100)
+}
+
+// TestLoadIdleTunnels holds thousands of idle WebSocket tunnels (9000, or
 // SWITCHYARD_IDLE_TUNNELS) and measures what each costs the proxy. They are HTTP/1.1 tunnels with a
 // router-only chain, so the tunnel engine carries them: no goroutine per tunnel (only the engine's
 // loops, one per CPU) and a few KiB of memory; closing them all brings both back.
 func TestLoadIdleTunnels(t *testing.T) {
 	loadSkipShort(t)
-	n := loadEnv(t, "SWITCHYARD_IDLE_TUNNELS", 3000)
+	n := loadEnv(t, "SWITCHYARD_IDLE_TUNNELS", idleTunnelsDefault(t))
 	var mu sync.Mutex
 	var ups []*loadEnd
 	up := newLoadUpstream(t, "websocket", func(_ string, e *loadEnd) {
