@@ -508,7 +508,6 @@ type loop struct {
 
 	// Owned by run.
 	events []syscall.EpollEvent
-	nready int
 	waitFn func(fd uintptr) bool
 	buf    []byte
 }
@@ -543,7 +542,7 @@ func (l *loop) open() error {
 	}
 	l.epfd, l.file, l.rc = fd, f, rc
 	l.events = make([]syscall.EpollEvent, 128)
-	l.waitFn = l.waitOnce
+	l.waitFn = l.serveOnce
 	return nil
 }
 
@@ -588,15 +587,42 @@ func (l *loop) remove(ds ...*direction) {
 	}
 }
 
-// waitOnce collects ready events without blocking; false parks the loop in the Go poller until
-// the epoll set has some.
-func (l *loop) waitOnce(fd uintptr) bool {
-	n, err := syscall.EpollWait(int(fd), l.events, 0)
-	if err != nil || n <= 0 {
-		return false
+// serveOnce is the loop's body, run as the poller callback of the epoll descriptor: it drains the
+// set's ready events and pumps each ready direction, then returns false to park until the set has
+// more. Staying inside one RawConn.Read keeps the poller's readiness across iterations (a new
+// RawConn.Read would clear it and need another epoll_wait to be safe): one epoll_wait per wake-up.
+// It returns true, ending the Read, when the loop has no tunnels left.
+func (l *loop) serveOnce(fd uintptr) bool {
+	for {
+		l.mu.Lock()
+		empty := len(l.dirs) == 0
+		l.mu.Unlock()
+		if empty {
+			return true
+		}
+		n, err := syscall.EpollWait(int(fd), l.events, 0)
+		if err != nil || n <= 0 {
+			return false
+		}
+		for _, ev := range l.events[:n] {
+			id := uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
+			l.mu.Lock()
+			d := l.dirs[id]
+			l.mu.Unlock()
+			if d == nil {
+				continue
+			}
+			if ev.Events&(syscall.EPOLLRDHUP|syscall.EPOLLHUP|syscall.EPOLLERR) != 0 {
+				d.ending.Store(true)
+			}
+			if d.claim() {
+				d.pump(l.buf, true)
+			}
+		}
+		if n < len(l.events) {
+			return false // drained: park (events that came meanwhile have already woken the poller)
+		}
 	}
-	l.nready = n
-	return true
 }
 
 // run serves the loop's tunnels until it has none.
@@ -613,26 +639,9 @@ func (l *loop) run() {
 			return
 		}
 		l.mu.Unlock()
-		l.nready = 0
 		if err := l.rc.Read(l.waitFn); err != nil {
 			// The deadline that remove set to wake us: look at the tunnel count again.
 			l.file.SetReadDeadline(time.Time{})
-			continue
-		}
-		for _, ev := range l.events[:l.nready] {
-			id := uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
-			l.mu.Lock()
-			d := l.dirs[id]
-			l.mu.Unlock()
-			if d == nil {
-				continue
-			}
-			if ev.Events&(syscall.EPOLLRDHUP|syscall.EPOLLHUP|syscall.EPOLLERR) != 0 {
-				d.ending.Store(true)
-			}
-			if d.claim() {
-				d.pump(l.buf, true)
-			}
 		}
 	}
 }
