@@ -92,7 +92,8 @@ var allowList = map[protoreflect.FullName]string{
 
 	// Connection limits and the overload manager (overload.go).
 	"envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit":                     "stat_prefix max_connections delay",
-	"envoy.config.overload.v3.OverloadManager":                                                 "refresh_interval resource_monitors actions",
+	"envoy.config.overload.v3.OverloadManager":                                                 "refresh_interval resource_monitors actions buffer_factory_config",
+	"envoy.config.overload.v3.BufferFactoryConfig":                                             "minimum_account_to_track_power_of_two",
 	"envoy.config.overload.v3.ResourceMonitor":                                                 "name typed_config",
 	"envoy.config.overload.v3.OverloadAction":                                                  "name triggers",
 	"envoy.config.overload.v3.Trigger":                                                         "name threshold scaled",
@@ -146,8 +147,7 @@ var notSupportedWhy = map[protoreflect.FullName]string{
 
 	"envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit.runtime_enabled":         "runtime is not supported",
 	"envoy.config.overload.v3.OverloadManager.loadshed_points":                                     "load shed points are not supported yet; use the stop_accepting_requests action",
-	"envoy.config.overload.v3.OverloadManager.buffer_factory_config":                               "buffer accounting (and so reset_high_memory_stream) is not supported yet",
-	"envoy.config.overload.v3.OverloadAction.typed_config":                                         "only stop_accepting_requests is supported, and it takes no typed_config",
+	"envoy.config.overload.v3.OverloadAction.typed_config":                                         "stop_accepting_requests and reset_high_memory_stream take no typed_config",
 	"envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig.max_heap_size_bytes_runtime": "runtime is not supported; use max_heap_size_bytes",
 	"envoy.config.listener.v3.Listener.ignore_global_conn_limit":                                   "every listener counts toward global_downstream_max_connections",
 }

@@ -37,6 +37,10 @@ type Overload struct {
 	MaxConnections  int64              // global_downstream_max_connections across all listeners; 0: no limit
 	Monitors        []*ResourceMonitor // in config order, the connections monitor included
 	Actions         []*OverloadAction  // in config order
+	// MinimumAccountToTrackPowerOfTwo is buffer_factory_config.minimum_account_to_track_power_of_two
+	// (10 to 56): streams' buffered bytes are accounted so that ResetHighMemoryStream can reset the
+	// largest. 0: no buffer_factory_config, no accounting.
+	MinimumAccountToTrackPowerOfTwo uint32
 }
 
 // ResourceMonitor is one resource_monitors entry.
@@ -48,7 +52,7 @@ type ResourceMonitor struct {
 
 // OverloadAction is one actions entry: its state is the highest of its triggers'.
 type OverloadAction struct {
-	Name     string // StopAcceptingRequests
+	Name     string // StopAcceptingRequests or ResetHighMemoryStream
 	Triggers []*OverloadTrigger
 }
 
@@ -71,12 +75,15 @@ func (c *compiler) connectionLimit(cl *connlimitv3.ConnectionLimit, p path) *Con
 }
 
 // overload compiles the bootstrap overload_manager with Envoy's checks (OverloadManagerImpl):
-// known monitors and actions only, no duplicates, triggers naming configured monitors.
+// known monitors and actions only, no duplicates, triggers naming configured monitors, and
+// reset_high_memory_stream only with a buffer_factory_config.
 func (c *compiler) overload(om *overloadv3.OverloadManager, p path) *Overload {
 	if om == nil {
 		return nil
 	}
-	out := &Overload{RefreshInterval: c.duration(om.GetRefreshInterval(), DefaultOverloadRefresh, p.field("refresh_interval"))}
+	out := &Overload{RefreshInterval: c.duration(om.GetRefreshInterval(), DefaultOverloadRefresh, p.field("refresh_interval")),
+		// ValidateAll has kept it within [10, 56] when buffer_factory_config is present.
+		MinimumAccountToTrackPowerOfTwo: om.GetBufferFactoryConfig().GetMinimumAccountToTrackPowerOfTwo()}
 	if out.RefreshInterval == 0 {
 		c.fail(p.field("refresh_interval"), "refresh_interval must be greater than 0")
 	}
@@ -122,9 +129,13 @@ func (c *compiler) overload(om *overloadv3.OverloadManager, p path) *Overload {
 		switch name {
 		case StopAcceptingRequests:
 		case ResetHighMemoryStream:
-			c.fail(ap.field("name"), "overload action %s is not supported yet (switchyard has no per-stream buffer accounting)", name)
+			if om.GetBufferFactoryConfig() == nil {
+				// Envoy's words: the action has no accounts to act on without it.
+				c.fail(ap.field("name"), "Overload action %q requires buffer_factory_config.", name)
+			}
 		default:
-			c.fail(ap.field("name"), "overload action %q is not supported by switchyard; the only action is %s", name, StopAcceptingRequests)
+			c.fail(ap.field("name"), "overload action %q is not supported by switchyard; the actions are %s and %s",
+				name, StopAcceptingRequests, ResetHighMemoryStream)
 		}
 		if actions[name] {
 			c.fail(ap.field("name"), "Duplicate overload action %s", name)
@@ -156,6 +167,9 @@ func (c *compiler) overload(om *overloadv3.OverloadManager, p path) *Overload {
 			act.Triggers = append(act.Triggers, tr)
 		}
 		out.Actions = append(out.Actions, act)
+	}
+	if om.GetBufferFactoryConfig() != nil && !actions[ResetHighMemoryStream] {
+		c.warn(p.field("buffer_factory_config"), "buffer accounting has no effect without the %s action", ResetHighMemoryStream)
 	}
 	return out
 }

@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 )
@@ -74,14 +75,50 @@ func TestOverloadCompiles(t *testing.T) {
 					{Resource: FixedHeapMonitor, Threshold: 0.5},
 					{Resource: GlobalConnectionsMonitor, Scaled: true, ScalingThreshold: 0.8, SaturationThreshold: 0.9},
 				}}}}},
+		{"reset_high_memory_stream with buffer accounting", overloadDoc("  buffer_factory_config: {minimum_account_to_track_power_of_two: 12}\n" +
+			"  resource_monitors:\n" + heapMonitor + "  actions:\n  - name: envoy.overload_actions.reset_high_memory_stream\n    triggers:\n" +
+			"    - name: envoy.resource_monitors.fixed_heap\n      scaled: {scaling_threshold: 0.85, saturation_threshold: 0.95}\n"),
+			&Overload{RefreshInterval: time.Second, MinimumAccountToTrackPowerOfTwo: 12,
+				Monitors: []*ResourceMonitor{{Name: FixedHeapMonitor, MaxHeapSizeBytes: 1000}},
+				Actions: []*OverloadAction{{Name: ResetHighMemoryStream, Triggers: []*OverloadTrigger{
+					{Resource: FixedHeapMonitor, Scaled: true, ScalingThreshold: 0.85, SaturationThreshold: 0.95},
+				}}}}},
+		{"both actions, the largest power", overloadDoc("  buffer_factory_config: {minimum_account_to_track_power_of_two: 56}\n" +
+			"  resource_monitors:\n" + heapMonitor + "  actions:\n" +
+			"  - name: envoy.overload_actions.stop_accepting_requests\n    triggers:\n    - name: envoy.resource_monitors.fixed_heap\n      threshold: {value: 0.99}\n" +
+			"  - name: envoy.overload_actions.reset_high_memory_stream\n    triggers:\n    - name: envoy.resource_monitors.fixed_heap\n      threshold: {value: 0.9}\n"),
+			&Overload{RefreshInterval: time.Second, MinimumAccountToTrackPowerOfTwo: 56,
+				Monitors: []*ResourceMonitor{{Name: FixedHeapMonitor, MaxHeapSizeBytes: 1000}},
+				Actions: []*OverloadAction{
+					{Name: StopAcceptingRequests, Triggers: []*OverloadTrigger{{Resource: FixedHeapMonitor, Threshold: 0.99}}},
+					{Name: ResetHighMemoryStream, Triggers: []*OverloadTrigger{{Resource: FixedHeapMonitor, Threshold: 0.9}}},
+				}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := parse(t, tt.doc).Overload
-			if !reflect.DeepEqual(got, tt.want) {
+			s := parse(t, tt.doc)
+			if got := s.Overload; !reflect.DeepEqual(got, tt.want) {
 				t.Errorf("Overload = %s, want %s", dump(got), dump(tt.want))
 			}
+			if len(s.Warnings) != 0 {
+				t.Errorf("warnings %q, want none", s.Warnings)
+			}
 		})
+	}
+}
+
+// TestBufferFactoryWithoutAction: accounting without the action that uses it loads, as in Envoy,
+// with a warning naming the field.
+func TestBufferFactoryWithoutAction(t *testing.T) {
+	doc := overloadDoc("  resource_monitors:\n" + heapMonitor + "  buffer_factory_config: {minimum_account_to_track_power_of_two: 20}\n")
+	s := parse(t, doc)
+	if s.Overload.MinimumAccountToTrackPowerOfTwo != 20 {
+		t.Errorf("MinimumAccountToTrackPowerOfTwo = %d, want 20", s.Overload.MinimumAccountToTrackPowerOfTwo)
+	}
+	want := fmt.Sprintf("test.yaml:%d: overload_manager.buffer_factory_config: buffer accounting has no effect without the envoy.overload_actions.reset_high_memory_stream action",
+		lineOf(t, doc, "buffer_factory_config"))
+	if len(s.Warnings) != 1 || !strings.HasPrefix(s.Warnings[0], want) {
+		t.Errorf("warnings %q, want one starting %q", s.Warnings, want)
 	}
 }
 
@@ -90,7 +127,7 @@ func dump(o *Overload) string {
 	if o == nil {
 		return "nil"
 	}
-	s := fmt.Sprintf("{refresh %v max %d monitors", o.RefreshInterval, o.MaxConnections)
+	s := fmt.Sprintf("{refresh %v max %d power %d monitors", o.RefreshInterval, o.MaxConnections, o.MinimumAccountToTrackPowerOfTwo)
 	for _, m := range o.Monitors {
 		s += fmt.Sprintf(" %+v", *m)
 	}
@@ -165,9 +202,32 @@ func TestConnectionLimitAndOverloadErrors(t *testing.T) {
 			path: "overload_manager.resource_monitors[1].name", msg: "Duplicate resource monitor envoy.resource_monitors.fixed_heap",
 		},
 		{
-			name: "reset_high_memory_stream",
+			name: "reset_high_memory_stream without buffer_factory_config",
 			doc:  overloadDoc(action("envoy.overload_actions.reset_high_memory_stream", heapTrigger)),
-			path: actPath + ".name", msg: "overload action envoy.overload_actions.reset_high_memory_stream is not supported yet", lineAt: "reset_high_memory_stream",
+			path: actPath + ".name", msg: `Overload action "envoy.overload_actions.reset_high_memory_stream" requires buffer_factory_config.`,
+			lineAt: "reset_high_memory_stream",
+		},
+		{
+			name: "buffer_factory_config without a power of two",
+			doc:  overloadDoc(action(ResetHighMemoryStream, heapTrigger) + "  buffer_factory_config: {}\n"),
+			path: "overload_manager.buffer_factory_config.minimum_account_to_track_power_of_two", msg: "value must be inside range [10, 56]",
+		},
+		{
+			name: "minimum_account_to_track_power_of_two below 10",
+			doc:  overloadDoc(action(ResetHighMemoryStream, heapTrigger) + "  buffer_factory_config: {minimum_account_to_track_power_of_two: 9}\n"),
+			path: "overload_manager.buffer_factory_config.minimum_account_to_track_power_of_two", msg: "value must be inside range [10, 56]",
+			lineAt: "minimum_account_to_track_power_of_two",
+		},
+		{
+			name: "minimum_account_to_track_power_of_two above 56",
+			doc:  overloadDoc(action(ResetHighMemoryStream, heapTrigger) + "  buffer_factory_config: {minimum_account_to_track_power_of_two: 57}\n"),
+			path: "overload_manager.buffer_factory_config.minimum_account_to_track_power_of_two", msg: "value must be inside range [10, 56]",
+		},
+		{
+			name: "reset_high_memory_stream typed_config",
+			doc: overloadDoc(action(ResetHighMemoryStream, heapTrigger) + "    typed_config: {\"@type\": type.googleapis.com/envoy.config.overload.v3.ShrinkHeapConfig}\n" +
+				"  buffer_factory_config: {minimum_account_to_track_power_of_two: 20}\n"),
+			path: actPath + ".typed_config", msg: "stop_accepting_requests and reset_high_memory_stream take no typed_config",
 		},
 		{
 			name: "unsupported action",
@@ -203,11 +263,6 @@ func TestConnectionLimitAndOverloadErrors(t *testing.T) {
 			name: "action typed_config",
 			doc:  overloadDoc(action(StopAcceptingRequests, heapTrigger) + "    typed_config: {\"@type\": type.googleapis.com/envoy.config.overload.v3.ShrinkHeapConfig}\n"),
 			path: actPath + ".typed_config", msg: `field "typed_config" is not supported`,
-		},
-		{
-			name: "buffer_factory_config",
-			doc:  overloadDoc("  resource_monitors:\n" + heapMonitor + "  buffer_factory_config: {minimum_account_to_track_power_of_two: 20}\n"),
-			path: "overload_manager.buffer_factory_config", msg: "buffer accounting (and so reset_high_memory_stream) is not supported yet",
 		},
 		{
 			name: "loadshed_points",

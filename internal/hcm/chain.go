@@ -4,6 +4,7 @@ import (
 	"github.com/switchyard-proxy/switchyard/buffer"
 	"github.com/switchyard-proxy/switchyard/filter"
 	"github.com/switchyard-proxy/switchyard/headers"
+	"github.com/switchyard-proxy/switchyard/internal/memacct"
 )
 
 // stage is one filter as one direction sees it.
@@ -30,6 +31,7 @@ type iterator struct {
 	aborted  func() bool                      // a local reply or reset ended this direction
 	sinkH    func(h *headers.Map, end bool)   // after the last stage
 	sinkD    func(b *buffer.Buffer, end bool) // after the last stage
+	acct     *memacct.Account                 // charged with what stages hold; nil: no accounting
 }
 
 func newIterator(stages []*stage) *iterator {
@@ -70,6 +72,7 @@ func (it *iterator) pushData(b *buffer.Buffer, end bool) {
 	for i := 0; i < len(it.stages) && i < it.seen; i++ {
 		s := it.stages[i]
 		if s.held != nil && s.held.Len() > 0 {
+			it.acct.Credit(s.held.Len())
 			s.held.Append(b)
 			b = s.held
 			s.held = nil
@@ -81,6 +84,7 @@ func (it *iterator) pushData(b *buffer.Buffer, end bool) {
 		if st == filter.StopAndBuffer && !end {
 			b.Own()
 			s.held = b
+			it.acct.Charge(b.Len())
 			if b.Len() > it.limit() {
 				it.overflow()
 			}

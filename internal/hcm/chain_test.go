@@ -8,6 +8,7 @@ import (
 	"github.com/switchyard-proxy/switchyard/buffer"
 	"github.com/switchyard-proxy/switchyard/filter"
 	"github.com/switchyard-proxy/switchyard/headers"
+	"github.com/switchyard-proxy/switchyard/internal/memacct"
 )
 
 // scripted is a stage whose answers are fixed and which records what it was given.
@@ -134,5 +135,36 @@ func TestIteratorOrderAndHolding(t *testing.T) {
 				t.Errorf("overflow = %v, want %v", overflowed, tc.overflow)
 			}
 		})
+	}
+}
+
+// TestIteratorChargesHeldBytes: what a StopAndBuffer stage holds is charged to the stream's
+// account while it is held, and credited when the stage lets it go on.
+func TestIteratorChargesHeldBytes(t *testing.T) {
+	acct := memacct.NewTracker(10).NewAccount(func() {})
+	var log []string
+	buf := &scripted{name: "buf", hStatus: filter.StopIteration, dStatus: bufferUntilEnd, log: &log}
+	it := newIterator([]*stage{buf.stage()})
+	it.acct = acct
+	it.limit = func() int { return 1 << 20 }
+	it.overflow = func() { t.Error("overflow") }
+	it.aborted = func() bool { return false }
+	it.sinkH = func(*headers.Map, bool) {}
+	it.sinkD = func(*buffer.Buffer, bool) {}
+	it.pushHeaders(headers.New(), false)
+	steps := []struct {
+		data string
+		end  bool
+		want int64
+	}{
+		{"aaaa", false, 4},
+		{"bbbbbb", false, 10},
+		{"cc", true, 0}, // the stage continues: everything held goes on
+	}
+	for _, s := range steps {
+		it.pushData(buffer.Wrap([]byte(s.data)), s.end)
+		if got := acct.Balance(); got != s.want {
+			t.Errorf("after %q (end %v): balance %d, want %d", s.data, s.end, got, s.want)
+		}
 	}
 }

@@ -116,6 +116,7 @@ func (m *Manager) serveH2(ctx context.Context, nc net.Conn, c *conn, scheme stri
 		d := newH2Stream(st, remote, scheme)
 		str := newStream(st.Context(), m, d, st.Headers())
 		d.s = str
+		st.SetAccount(str.acct)
 		str.run()
 	})
 	stop := context.AfterFunc(ctx, sc.Close)

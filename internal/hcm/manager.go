@@ -23,6 +23,7 @@ import (
 	"github.com/switchyard-proxy/switchyard/internal/codec/http1"
 	"github.com/switchyard-proxy/switchyard/internal/codec/http2"
 	"github.com/switchyard-proxy/switchyard/internal/config"
+	"github.com/switchyard-proxy/switchyard/internal/memacct"
 	"github.com/switchyard-proxy/switchyard/internal/stats"
 )
 
@@ -45,7 +46,8 @@ type Manager struct {
 	drainGradual bool         // set before draining flips, read after
 	drainOver    time.Duration
 	h2cfg        http2.ServerConfig
-	shedRequest  func() bool // set before serving: true sheds a new request (stop_accepting_requests); nil never
+	shedRequest  func() bool      // set before serving: true sheds a new request (stop_accepting_requests); nil never
+	memory       *memacct.Tracker // set before serving: opens each stream's buffer account; nil: no accounting
 
 	liveMu  sync.Mutex
 	live    map[drainer]struct{} // open connections, told when the listener drains
@@ -151,6 +153,12 @@ func (m *Manager) Stats() *Stats { return m.stats }
 // each new request for which shed returns true is answered 503 "envoy overloaded" before any filter
 // exists. Call it before the first ServeConn.
 func (m *Manager) SetStopAcceptingRequests(shed func() bool) { m.shedRequest = shed }
+
+// SetMemoryTracker turns on per-stream buffer accounting for the overload manager's
+// envoy.overload_actions.reset_high_memory_stream: each stream opens an account with t, charged
+// with what its filter chain, router and HTTP/2 receive buffer hold, and t may reset the stream
+// like any other reset. Call it before the first ServeConn.
+func (m *Manager) SetMemoryTracker(t *memacct.Tracker) { m.memory = t }
 
 // Drain winds the listener's connections down: HTTP/1.1 responses carry Connection: close and
 // idle HTTP/1.1 connections close, HTTP/2 connections get a graceful GOAWAY; requests in flight and

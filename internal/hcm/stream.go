@@ -18,6 +18,7 @@ import (
 	"github.com/switchyard-proxy/switchyard/filter"
 	"github.com/switchyard-proxy/switchyard/headers"
 	"github.com/switchyard-proxy/switchyard/internal/config"
+	"github.com/switchyard-proxy/switchyard/internal/memacct"
 	"github.com/switchyard-proxy/switchyard/internal/router"
 	"github.com/switchyard-proxy/switchyard/internal/tunnel"
 )
@@ -77,6 +78,10 @@ type stream struct {
 	detached  bool     // the engine carries the tunnel; set by the decode goroutine
 	engine    atomic.Pointer[tunnel.Tunnel]
 	endFns    []func() // what run does at the stream's end, or the engine's Done after a hand-off
+
+	// acct is charged with the bytes held for this stream, for reset_high_memory_stream; nil
+	// without buffer accounting. Opened in newStream, closed in finish.
+	acct *memacct.Account
 }
 
 // handoff is the router's half of a tunnel, offered to the engine.
@@ -91,6 +96,7 @@ func newStream(ctx context.Context, m *Manager, down downstream, h *headers.Map)
 	s.ctx, s.cancel = context.WithCancel(ctx)
 	s.decoderLimit.Store(int64(m.bufferLimit))
 	s.touch()
+	s.acct = m.memory.NewAccount(func() { s.reset("overload_manager") })
 	return s
 }
 
@@ -262,6 +268,7 @@ func (s *stream) buildChain(chain []*config.HTTPFilter) {
 		}
 	}
 	s.dec = newIterator(decStages)
+	s.dec.acct = s.acct
 	s.dec.limit = func() int { return int(s.decoderLimit.Load()) }
 	s.dec.overflow = func() {
 		s.m.stats.RqTooLarge.Inc()
@@ -272,6 +279,7 @@ func (s *stream) buildChain(chain []*config.HTTPFilter) {
 	s.dec.sinkD = func(*buffer.Buffer, bool) {}
 
 	s.enc = newIterator(encStages)
+	s.enc.acct = s.acct
 	s.enc.limit = func() int { return s.m.bufferLimit }
 	s.enc.overflow = func() {
 		s.m.stats.RsTooLarge.Inc()
@@ -388,6 +396,7 @@ func (s *stream) finish() {
 			d.OnDestroy()
 		}
 	}
+	s.acct.Close()
 }
 
 // earlyReply answers before any filter exists, and closes the connection.
@@ -476,6 +485,9 @@ func (s *stream) BufferLimit() int                 { return s.m.bufferLimit }
 func (s *stream) RequestChunked() bool             { return s.ri.chunked }
 func (s *stream) ExtendedConnect() bool            { return s.ri.extended }
 func (s *stream) DownstreamRemoteAddress() string  { return s.ri.remote }
+
+// MemoryAccount is router.AccountHolder: the router charges what it holds for the stream here.
+func (s *stream) MemoryAccount() *memacct.Account { return s.acct }
 
 // SendLocalReply answers from the proxy, through the encoder filters; after the response has
 // started it resets the stream instead.

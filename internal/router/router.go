@@ -17,6 +17,7 @@ import (
 	"github.com/switchyard-proxy/switchyard/headers"
 	"github.com/switchyard-proxy/switchyard/internal/cluster"
 	"github.com/switchyard-proxy/switchyard/internal/config"
+	"github.com/switchyard-proxy/switchyard/internal/memacct"
 	"github.com/switchyard-proxy/switchyard/internal/tunnel"
 	"google.golang.org/protobuf/proto"
 )
@@ -41,6 +42,13 @@ type TunnelTaker interface {
 	OfferTunnel(up net.Conn, towardB *tunnel.FrameTracker) bool
 }
 
+// AccountHolder is implemented by a stream whose buffered bytes are accounted for the overload
+// action reset_high_memory_stream; the router charges the request bytes it holds (queued for the
+// upstream, kept for a retry) to its account.
+type AccountHolder interface {
+	MemoryAccount() *memacct.Account
+}
+
 // errUpgradeBodyOverH2 is an upgrade request with a body that would cross an HTTP/2 hop.
 var errUpgradeBodyOverH2 = errors.New("upgrade_request_with_body_over_http2")
 
@@ -62,6 +70,9 @@ func Builder(cm *cluster.Manager, log *slog.Logger) filter.Builder {
 			r.cond = sync.NewCond(&r.mu)
 			if info, ok := cb.(StreamInfo); ok {
 				r.info = info
+			}
+			if h, ok := cb.(AccountHolder); ok {
+				r.acct = h.MemoryAccount()
 			}
 			return r
 		}, nil
@@ -108,6 +119,8 @@ type routerFilter struct {
 	started     bool        // DecodeHeaders began the request
 	stopCtx     func() bool // set once before run starts; taken under mu
 	wg          sync.WaitGroup
+	acct        *memacct.Account // charged with len(queue)+len(retained); nil: no accounting
+	charged     int              // what acct holds for queue and retained
 
 	// handedOff: the tunnel engine carries the tunnel (see handOff); the router only ends it.
 	handedOff atomic.Bool
@@ -234,6 +247,7 @@ func (r *routerFilter) DecodeData(b *buffer.Buffer, end bool) filter.Status {
 	}
 	if r.direct {
 		att := r.att
+		r.account()
 		r.mu.Unlock()
 		att.wmu.Lock()
 		var err error
@@ -259,12 +273,25 @@ func (r *routerFilter) DecodeData(b *buffer.Buffer, end bool) filter.Status {
 		return filter.StopIteration
 	}
 	r.queue = append(r.queue, p...)
+	r.account()
 	r.cond.Broadcast()
 	for len(r.queue) > r.limit && !r.direct && !r.finished {
 		r.cond.Wait()
 	}
 	r.mu.Unlock()
 	return filter.StopIteration
+}
+
+// account brings the stream's memory account up to what queue and retained hold. Called with
+// r.mu held after either changes.
+func (r *routerFilter) account() {
+	n := len(r.queue) + len(r.retained)
+	if d := n - r.charged; d > 0 {
+		r.acct.Charge(d)
+	} else {
+		r.acct.Credit(-d)
+	}
+	r.charged = n
 }
 
 // writeTunnelLocked writes tunnel bytes upstream, following WebSocket frames. Called with the
@@ -332,6 +359,10 @@ func (r *routerFilter) OnDestroy() {
 	if r.handedOff.Load() {
 		r.cl.EndRequest() // the tunnel's request lasted until now, not until run returned
 	}
+	r.mu.Lock()
+	r.queue, r.retained = nil, nil
+	r.account()
+	r.mu.Unlock()
 }
 
 // armTimeout starts the route timeout once. Called with r.mu held.

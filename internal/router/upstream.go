@@ -78,6 +78,7 @@ func (r *routerFilter) run() {
 		r.att = nil
 		if r.upgrade == "" {
 			r.queue = append([]byte(nil), r.retained...)
+			r.account()
 		}
 		r.mu.Unlock()
 	}
@@ -297,6 +298,7 @@ func (r *routerFilter) writeBody(att *attempt) {
 		}
 		q, end := r.queue, r.bodyEnd
 		r.queue = nil
+		r.account()
 		r.cond.Broadcast()
 		r.mu.Unlock()
 
@@ -390,6 +392,7 @@ func (r *routerFilter) tunnel(att *attempt, resp *upResponse) {
 		r.timer.Stop() // the route timeout covers only the wait for the 101
 	}
 	r.retained = nil
+	r.account()
 	r.mu.Unlock()
 
 	up.openTunnel()
@@ -403,6 +406,7 @@ func (r *routerFilter) tunnel(att *attempt, resp *upResponse) {
 		r.mu.Lock()
 		q, end := r.queue, r.bodyEnd
 		r.queue = nil
+		r.account()
 		if len(q) == 0 {
 			r.direct = true
 			r.cond.Broadcast()

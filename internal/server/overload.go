@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/switchyard-proxy/switchyard/internal/config"
+	"github.com/switchyard-proxy/switchyard/internal/memacct"
 	"github.com/switchyard-proxy/switchyard/internal/stats"
 )
 
@@ -21,6 +22,10 @@ import (
 // than polled. Stats, with Envoy's names: overload.<monitor>.pressure (percent),
 // overload.<monitor>.failed_updates and skipped_updates, overload.<action>.active (1 when
 // saturated) and overload.<action>.scale_percent.
+//
+// envoy.overload_actions.reset_high_memory_stream works on the streams' buffer accounts (package
+// memacct): as in Envoy's WorkerImpl, each time the action's state changes it resets the streams
+// holding the most (Tracker.Reset), counted in envoy.overload_actions.reset_high_memory_stream.count.
 //
 // A nil *overloadManager (no overload_manager in the bootstrap) limits nothing.
 type overloadManager struct {
@@ -34,6 +39,10 @@ type overloadManager struct {
 	heaps        []*heapMonitor
 	actions      []*overloadAction
 	stopRequests *overloadAction // nil unless envoy.overload_actions.stop_accepting_requests is configured
+
+	resetStreams *overloadAction  // nil unless envoy.overload_actions.reset_high_memory_stream is configured
+	memory       *memacct.Tracker // the streams' buffer accounts; nil without resetStreams
+	resetCount   *stats.Counter   // envoy.overload_actions.reset_high_memory_stream.count
 }
 
 // heapMonitor is envoy.resource_monitors.fixed_heap: the Go heap in use (live and not yet swept
@@ -76,11 +85,27 @@ func newOverloadManager(cfg *config.Overload, st *stats.Store, log *slog.Logger)
 		act.active.Set(0)
 		act.scalePercent.Set(0)
 		o.actions = append(o.actions, act)
-		if a.Name == config.StopAcceptingRequests {
+		switch a.Name {
+		case config.StopAcceptingRequests:
 			o.stopRequests = act
+		case config.ResetHighMemoryStream:
+			o.resetStreams = act
+			o.memory = memacct.NewTracker(cfg.MinimumAccountToTrackPowerOfTwo)
+			// Envoy's OverloadActionStatsNames::ResetStreamsCount, in the root scope (no
+			// "overload." prefix).
+			o.resetCount = st.Counter(config.ResetHighMemoryStream + ".count")
 		}
 	}
 	return o
+}
+
+// memoryTracker returns the tracker the connection managers open stream accounts with; nil when
+// reset_high_memory_stream is not configured.
+func (o *overloadManager) memoryTracker() *memacct.Tracker {
+	if o == nil {
+		return nil
+	}
+	return o.memory
 }
 
 // start runs the refresh loop until ctx ends; wg tracks it.
@@ -137,6 +162,22 @@ func (o *overloadManager) refresh(heap uint64) {
 		}
 		a.active.Set(boolInt(v >= 1))
 		a.scalePercent.Set(int64(v * 100))
+		if a == o.resetStreams && v != old {
+			o.resetHighMemoryStreams(v)
+		}
+	}
+}
+
+// resetHighMemoryStreams is reset_high_memory_stream's callback, which Envoy runs when the
+// action's state changes. At state 0 it does nothing: Envoy's code would still clear the largest
+// class there, but its documentation says no stream is reset below the scaling threshold.
+func (o *overloadManager) resetHighMemoryStreams(state float64) {
+	if state <= 0 {
+		return
+	}
+	if n := o.memory.Reset(state); n > 0 {
+		o.resetCount.Add(uint64(n))
+		o.log.Warn("overload: resetting the streams holding the most buffered bytes", "streams", n, "state", state)
 	}
 }
 

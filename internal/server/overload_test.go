@@ -4,6 +4,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"slices"
 	"testing"
 
 	"github.com/switchyard-proxy/switchyard/internal/config"
@@ -128,5 +129,63 @@ func TestConnLimit(t *testing.T) {
 	}
 	if newConnLimit(nil, st) != nil {
 		t.Error("no connection_limit filter must give a nil limit")
+	}
+}
+
+// TestResetHighMemoryStreamAction: as in Envoy, the action resets streams when its state changes
+// (not on every refresh at the same state), the larger the state the more classes, never at 0;
+// resets are counted in envoy.overload_actions.reset_high_memory_stream.count.
+func TestResetHighMemoryStreamAction(t *testing.T) {
+	cfg := &config.Overload{MinimumAccountToTrackPowerOfTwo: 10, // tracked from 512 B; class 7 from 64 KiB
+		Monitors: []*config.ResourceMonitor{{Name: config.FixedHeapMonitor, MaxHeapSizeBytes: 1000}},
+		Actions: []*config.OverloadAction{{Name: config.ResetHighMemoryStream, Triggers: []*config.OverloadTrigger{
+			{Resource: config.FixedHeapMonitor, Scaled: true, ScalingThreshold: 0.5, SaturationThreshold: 0.9},
+		}}}}
+	st := stats.NewStore()
+	o := newOverloadManager(cfg, st, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	tr := o.memoryTracker()
+	if tr == nil {
+		t.Fatal("no memory tracker with reset_high_memory_stream configured")
+	}
+	reset := map[string]bool{}
+	open := func(name string, bytes int) {
+		tr.NewAccount(func() { reset[name] = true }).Charge(bytes)
+	}
+	open("big", 1<<20)   // class 7
+	open("mid", 8<<10)   // class 4
+	open("small", 1<<10) // class 1
+	steps := []struct {
+		name   string
+		before func()
+		heap   uint64
+		reset  []string // all streams reset so far
+		count  uint64
+	}{
+		{"below the scaling threshold", nil, 400, nil, 0},
+		{"scaling: 3 classes", nil, 600, []string{"big"}, 1},
+		{"same state again", func() { open("big2", 1<<20) }, 600, []string{"big"}, 1},
+		{"higher: 5 classes", nil, 720, []string{"big", "big2", "mid"}, 3},
+		{"back to 0", nil, 100, []string{"big", "big2", "mid"}, 3},
+		{"saturated: every class", nil, 2000, []string{"big", "big2", "mid", "small"}, 4},
+	}
+	for _, s := range steps {
+		if s.before != nil {
+			s.before()
+		}
+		o.refresh(s.heap)
+		var got []string
+		for name := range reset {
+			got = append(got, name)
+		}
+		slices.Sort(got)
+		if !slices.Equal(got, s.reset) {
+			t.Errorf("%s: streams reset %v, want %v", s.name, got, s.reset)
+		}
+		if c := st.Counter("envoy.overload_actions.reset_high_memory_stream.count").Value(); c != s.count {
+			t.Errorf("%s: envoy.overload_actions.reset_high_memory_stream.count = %d, want %d", s.name, c, s.count)
+		}
+	}
+	if o := newOverloadManager(&config.Overload{Monitors: cfg.Monitors}, st, slog.Default()); o.memoryTracker() != nil {
+		t.Error("a tracker without reset_high_memory_stream")
 	}
 }

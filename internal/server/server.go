@@ -89,6 +89,9 @@ func (s *Server) Start() error {
 		if s.overload != nil && s.overload.stopRequests != nil {
 			m.SetStopAcceptingRequests(s.overload.shedRequest)
 		}
+		if t := s.overload.memoryTracker(); t != nil {
+			m.SetMemoryTracker(t)
+		}
 		// No TCP keepalive on accepted connections, as in Envoy without socket options (Go would
 		// turn it on for each one).
 		lc := net.ListenConfig{KeepAlive: -1}

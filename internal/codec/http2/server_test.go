@@ -20,6 +20,7 @@ import (
 	h2 "golang.org/x/net/http2"
 
 	"github.com/switchyard-proxy/switchyard/headers"
+	"github.com/switchyard-proxy/switchyard/internal/memacct"
 )
 
 // TestTransportRequests drives the server with x/net's own client: GET, POST with a body echoed
@@ -702,4 +703,48 @@ func TestPeekedPreface(t *testing.T) {
 	if err := <-served; err != nil {
 		t.Fatalf("Serve = %v", err)
 	}
+}
+
+// TestAccountChargesReceiveBuffer: request DATA waiting in a stream's receive buffer is charged to
+// the stream's buffer account (bytes that arrived before SetAccount too), credited as the handler
+// reads it, and credited in full when the stream is reset with bytes unread.
+func TestAccountChargesReceiveBuffer(t *testing.T) {
+	acct := memacct.NewTracker(10).NewAccount(func() {})
+	set := make(chan struct{})
+	read := make(chan int)
+	ts := startServer(t, ServerConfig{}, func(s *ServerStream) {
+		<-set
+		s.SetAccount(acct)
+		for n := range read {
+			if _, err := io.ReadFull(s, make([]byte, n)); err != nil {
+				return
+			}
+		}
+		<-s.Context().Done()
+	})
+	rc := dialRaw(t, ts.addr())
+	rc.handshake()
+	rc.writeHeaders(1, false, request("POST", "/")...)
+	rc.writeData(1, false, make([]byte, 700))
+	waitBalance := func(want int64) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for acct.Balance() != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("balance %d, want %d", acct.Balance(), want)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	time.Sleep(20 * time.Millisecond) // most likely the bytes are buffered before SetAccount
+	close(set)
+	waitBalance(700)
+	rc.writeData(1, false, make([]byte, 300))
+	waitBalance(1000)
+	read <- 400
+	waitBalance(600)
+	_ = rc.fr.WriteRSTStream(1, h2.ErrCodeCancel)
+	waitBalance(0)
+	close(read)
+	ts.waitStat("streams_active", 0)
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/switchyard-proxy/switchyard/buffer"
 	"github.com/switchyard-proxy/switchyard/headers"
+	"github.com/switchyard-proxy/switchyard/internal/memacct"
 )
 
 // StreamError is what ServerStream.Read and the write methods return once the stream can no
@@ -86,6 +87,15 @@ func (s *ServerStream) ExtendedConnect() bool { return s.extended }
 
 // EndStream reports whether the request HEADERS carried END_STREAM: there is no body.
 func (s *ServerStream) EndStream() bool { return s.endStream }
+
+// SetAccount charges the request DATA received and not yet read — what the stream holds now and
+// from now on — to a, the stream's buffer account for reset_high_memory_stream (nil: none).
+func (s *ServerStream) SetAccount(a *memacct.Account) {
+	s.c.mu.Lock()
+	defer s.c.mu.Unlock()
+	s.buf.acct = a
+	a.Charge(s.buf.n)
+}
 
 // Context is done when the stream is closed in both directions or reset, or the connection dies,
 // so work done for the stream (an upstream dial) stops with it.
@@ -260,9 +270,11 @@ type recvBuf struct {
 	slabs []*[]byte
 	r, w  int // read offset in slabs[0]; write offset in the last slab
 	n     int
+	acct  *memacct.Account // charged with n; nil: no accounting
 }
 
 func (b *recvBuf) write(p []byte) {
+	b.acct.Charge(len(p))
 	for len(p) > 0 {
 		if len(b.slabs) == 0 || b.w == buffer.SlabSize {
 			b.slabs = append(b.slabs, buffer.GetSlab())
@@ -295,6 +307,7 @@ func (b *recvBuf) read(p []byte) int {
 			b.r = 0
 		}
 	}
+	b.acct.Credit(total)
 	if b.n == 0 {
 		b.reset()
 	}
@@ -309,5 +322,6 @@ func (b *recvBuf) reset() int {
 	}
 	n := b.n
 	b.slabs, b.r, b.w, b.n = b.slabs[:0], 0, 0, 0
+	b.acct.Credit(n)
 	return n
 }
