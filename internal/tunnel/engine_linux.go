@@ -11,17 +11,19 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
-	"time"
 
 	"github.com/switchyard-proxy/switchyard/buffer"
 )
 
-// Engine carries tunnels between two plain TCP sockets without a goroutine per tunnel. Each
-// socket sits in an epoll set; a loop goroutine per set wakes when some are readable, and moves
-// their bytes with non-blocking reads and writes into one buffer the loop owns. Only a direction
-// whose destination is full gets a goroutine, which blocks on the write (backpressure: its source
-// is not read meanwhile) and goes away once the direction is drained. An idle tunnel therefore
-// costs two epoll registrations and its bookkeeping: no goroutine stack, no copy buffer.
+// Engine carries tunnels between two plain TCP sockets without a goroutine per tunnel. At Start
+// it takes the sockets out of Go's poller (it keeps duplicates of their descriptors and closes
+// the net.Conns), and puts them in an epoll set of its own. A loop goroutine per set, parked in
+// the Go poller on the epoll descriptor, wakes when some are ready and moves their bytes with
+// non-blocking reads and writes through one buffer it owns; a destination that is full keeps the
+// unwritten rest in a pooled slab until epoll says it is writable, and its source is not read
+// meanwhile (backpressure). Everything about a tunnel happens on its loop's goroutine, so an idle
+// tunnel costs its epoll registrations and a small record: no goroutine, no buffer, no Go poller
+// state.
 //
 // The loops are started when the first tunnel arrives and end when their last tunnel ends, so an
 // idle process has no engine goroutine.
@@ -73,299 +75,290 @@ func tcpOf(c net.Conn) (*net.TCPConn, bool) {
 	}
 }
 
-// Tunnel is one tunnel in the engine.
-type Tunnel struct {
-	opt  Options
-	loop *loop
-	ab   direction // A → B
-	ba   direction // B → A
-
-	splice  bool // bulk bytes may go through a pipe (Options.NoSplice unset)
-	goAway  atomic.Bool
-	mu      sync.Mutex
-	ended   int   // directions that have ended
-	why     error // the abort's reason; nil for a clean end
-	aborted bool
-	done    bool
+func isTLS(c net.Conn) bool {
+	_, ok := c.(*tls.Conn)
+	return ok
 }
 
-// Direction states. A direction is idle (waiting for its source to be readable), running (one
-// pump, on the loop or on a goroutine of its own, moves its bytes), pending (running, and more
-// readiness arrived meanwhile: the pump must read again before going idle), or ended.
-const (
-	stIdle int32 = iota
-	stRunning
-	stPending
-	stEnded
-)
+// Tunnel is one tunnel in the engine. Its fields belong to its loop's goroutine, except where
+// noted.
+type Tunnel struct {
+	loop   *loop
+	ab     direction // A → B
+	ba     direction // B → A
+	moved  func(toB bool, n int)
+	done   func(why error)
+	splice bool
 
-// direction is one way of a tunnel: bytes read from src are written to dst.
+	goAway bool
+	ended  int // directions that have ended
+	why    error
+	over   bool
+	gone   atomic.Bool // over, as seen from other goroutines
+}
+
+// direction is one way of a tunnel: bytes read from src are written to dst. src is the
+// descriptor this direction registered in the epoll set; dst is the other direction's src.
 type direction struct {
 	t        *Tunnel
+	peer     *direction
 	id       uint64
 	toB      bool
-	src, dst *net.TCPConn
-	srcRC    syscall.RawConn
-	dstRC    syscall.RawConn
-	srcFD    int // for registering only; afterwards go through srcRC
-	state    atomic.Int32
-	ending   atomic.Bool // the source reported hang-up or error: read on to EOF, never stop at a short read
+	src, dst int
+	readable bool // an edge said src has bytes (or EOF) that were not read yet
+	ending   bool // src reported hang-up or error: read on to EOF, never stop at a short read
+	ended    bool
 	track    bool
-	ft       FrameTracker // frames written to dst; owned by the running pump
+	ft       FrameTracker // frames written to dst
 	masked   bool         // a Close toward dst must be masked (dst is the server)
 	closed   bool         // the GoAway Close (or FIN) went to dst; later bytes are dropped
-	shutDown bool         // dst's write side was shut; owned by the running pump
+	shutDst  bool         // dst's write side was shut
+	shutNext bool         // shut dst's write side once the pending bytes are out
+	queued   bool         // in the loop's ready list
 
-	// The pump's current syscall, prepared once so that moving bytes allocates nothing.
-	rbuf   []byte
-	rn     int
-	rerr   error
-	wbuf   []byte
-	werr   error
-	block  bool // the write may park until dst is writable
-	readFn func(fd uintptr) bool
-	wrFn   func(fd uintptr) bool
-
-	// Splicing: the pipe the direction holds while bulk data moves, and its current call.
-	pipe     *pipe
-	inPipe   int // bytes in the pipe, not yet written to dst
-	spliceN  int // the most the current splice into the pipe may move
-	spliceFn func(fd uintptr) bool
-	drainFn  func(fd uintptr) bool
+	// Bytes read but not yet written because dst was full: the rest of a slab, or a pipe.
+	out    *[]byte
+	outOff int
+	outEnd int
+	pipe   *pipe
+	inPipe int
 }
 
-// ErrEngineClosed is the reason of a tunnel aborted because its sockets could not be used.
+// ErrEngineClosed is the reason of a tunnel whose sockets failed under the engine.
 var ErrEngineClosed = errors.New("tunnel: socket closed under the engine")
 
-// Start hands a tunnel to the engine. On error the caller keeps both sockets.
+// Start hands a tunnel to the engine, which owns the sockets from then on: it closes opt.A's and
+// opt.B's sockets (closing the net.Conns again later is harmless) and carries duplicates of them
+// until Done. On error the caller keeps both sockets.
 func (e *Engine) Start(opt Options) (*Tunnel, error) {
 	a, okA := tcpOf(opt.A)
 	b, okB := tcpOf(opt.B)
 	if !okA || !okB {
 		return nil, errors.New("tunnel: the engine carries plain TCP sockets only")
 	}
-	t := &Tunnel{opt: opt, loop: e.loops[int(e.next.Add(1))%len(e.loops)], splice: !opt.NoSplice}
-	if err := t.ab.init(t, a, b, true); err != nil {
+	fa, err := dupSocket(a)
+	if err != nil {
 		return nil, err
 	}
-	if err := t.ba.init(t, b, a, false); err != nil {
+	fb, err := dupSocket(b)
+	if err != nil {
+		syscall.Close(fa)
 		return nil, err
 	}
-	t.ab.ft, t.ba.ft = opt.TowardB, opt.TowardA
+	t := &Tunnel{loop: e.loops[int(e.next.Add(1))%len(e.loops)], moved: opt.Moved, done: opt.Done, splice: !opt.NoSplice}
+	t.ab = direction{t: t, peer: &t.ba, toB: true, src: fa, dst: fb, track: opt.WebSocket, ft: opt.TowardB, masked: true}
+	t.ba = direction{t: t, peer: &t.ab, toB: false, src: fb, dst: fa, track: opt.WebSocket, ft: opt.TowardA}
+	// Out of Go's poller: its registration goes with the close, the socket stays with our copy.
+	a.Close()
+	b.Close()
 	if err := t.loop.add(&t.ab, &t.ba); err != nil {
+		syscall.Close(fa)
+		syscall.Close(fb)
 		return nil, err
 	}
 	return t, nil
 }
 
-func (d *direction) init(t *Tunnel, src, dst *net.TCPConn, toB bool) error {
-	d.t, d.src, d.dst, d.toB = t, src, dst, toB
-	d.track = t.opt.WebSocket
-	d.masked = toB
-	var err error
-	if d.srcRC, err = src.SyscallConn(); err != nil {
-		return err
-	}
-	if d.dstRC, err = dst.SyscallConn(); err != nil {
-		return err
-	}
-	if d.srcFD, err = fdOf(d.srcRC); err != nil {
-		return err
-	}
-	d.readFn = d.readOnce
-	d.wrFn = d.writeOnce
-	d.spliceFn = d.spliceOnce
-	d.drainFn = d.drainOnce
-	return nil
-}
-
-// shutdown shuts a socket down through its RawConn, which refuses once the socket is closed:
-// its descriptor number may already belong to another socket.
-func shutdown(rc syscall.RawConn, how int) {
-	rc.Control(func(fd uintptr) { syscall.Shutdown(int(fd), how) })
-}
-
-func isTLS(c net.Conn) bool {
-	_, ok := c.(*tls.Conn)
-	return ok
-}
-
-func fdOf(rc syscall.RawConn) (int, error) {
-	fd := -1
-	if err := rc.Control(func(f uintptr) { fd = int(f) }); err != nil {
+// dupSocket duplicates c's descriptor (close-on-exec, non-blocking, like Go's own).
+func dupSocket(c *net.TCPConn) (int, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
 		return -1, err
 	}
-	return fd, nil
+	nfd, derr := -1, error(nil)
+	if err := rc.Control(func(fd uintptr) {
+		r, _, e := syscall.Syscall(syscall.SYS_FCNTL, fd, syscall.F_DUPFD_CLOEXEC, 0)
+		if e != 0 {
+			derr = e
+			return
+		}
+		nfd = int(r)
+	}); err != nil {
+		return -1, err
+	}
+	if derr != nil {
+		return -1, derr
+	}
+	if err := syscall.SetNonblock(nfd, true); err != nil {
+		syscall.Close(nfd)
+		return -1, err
+	}
+	return nfd, nil
 }
 
 // GoAway ends the tunnel cleanly, as at the end of a drain: a WebSocket Close 1001 toward each
 // side, placed between frames, or a FIN for other tunnels, then a half-close. Bytes that arrive
 // afterwards are dropped; the tunnel ends when both peers have closed their sides.
 func (t *Tunnel) GoAway() {
-	t.goAway.Store(true)
-	t.ab.kick()
-	t.ba.kick()
+	t.loop.do(func() {
+		if t.over {
+			return
+		}
+		t.goAway = true
+		t.ab.run()
+		t.ba.run()
+	})
 }
 
-// Abort tears the tunnel down at once: both sockets are shut down and Done follows with why.
+// Abort tears the tunnel down at once: both sockets are closed and Done follows with why.
 func (t *Tunnel) Abort(why error) {
-	t.mu.Lock()
-	if t.aborted || t.done {
-		t.mu.Unlock()
+	if t.gone.Load() {
 		return
 	}
-	t.aborted, t.why = true, why
-	t.mu.Unlock()
-	// Wake a pump blocked on a write, and end the directions nobody is running.
-	shutdown(t.ab.srcRC, syscall.SHUT_RDWR)
-	shutdown(t.ba.srcRC, syscall.SHUT_RDWR)
-	t.ab.endIfIdle()
-	t.ba.endIfIdle()
+	t.loop.do(func() { t.abort(why) })
 }
 
-func (t *Tunnel) isAborted() bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.aborted
-}
-
-// dirEnded counts a direction's end; the second one finishes the tunnel.
-func (t *Tunnel) dirEnded() {
-	t.mu.Lock()
-	t.ended++
-	last := t.ended == 2 && !t.done
-	if last {
-		t.done = true
-	}
-	why := t.why
-	t.mu.Unlock()
-	if !last {
+// abort ends the tunnel on its loop.
+func (t *Tunnel) abort(why error) {
+	if t.over {
 		return
 	}
+	if why == nil {
+		why = ErrEngineClosed
+	}
+	t.why = why
+	syscall.Shutdown(t.ab.src, syscall.SHUT_RDWR)
+	syscall.Shutdown(t.ba.src, syscall.SHUT_RDWR)
+	t.finish()
+}
+
+// finish releases the tunnel: its descriptors (which takes them out of the epoll set), buffers
+// and pipes, then tells Done.
+func (t *Tunnel) finish() {
+	t.over = true
+	t.gone.Store(true)
 	t.loop.remove(&t.ab, &t.ba)
-	if t.opt.Done != nil {
-		go t.opt.Done(why)
-	}
-}
-
-func (d *direction) endIfIdle() {
-	if d.state.CompareAndSwap(stIdle, stEnded) {
-		d.t.dirEnded()
-	}
-}
-
-// kick makes the direction look at its state again, as if its source became readable: used by
-// GoAway, which must act on idle directions too.
-func (d *direction) kick() {
-	if d.claim() {
-		go d.pumpOwn(nil)
-	}
-}
-
-// claim marks the direction running if it was idle, or pending if a pump runs. It reports
-// whether the caller must start a pump.
-func (d *direction) claim() bool {
-	for {
-		switch s := d.state.Load(); s {
-		case stIdle:
-			if d.state.CompareAndSwap(stIdle, stRunning) {
-				return true
-			}
-		case stRunning:
-			if d.state.CompareAndSwap(stRunning, stPending) {
-				return false
-			}
-		default:
-			return false
+	for _, d := range []*direction{&t.ab, &t.ba} {
+		d.ended = true
+		if d.out != nil {
+			buffer.PutSlab(d.out)
+			d.out = nil
+		}
+		if d.pipe != nil {
+			d.pipe.close() // it may hold bytes: never pooled again
+			d.pipe = nil
 		}
 	}
-}
-
-// release tries to make the running direction idle. False means more readiness arrived while
-// it ran: the pump goes on.
-func (d *direction) release() bool {
-	if d.state.CompareAndSwap(stRunning, stIdle) {
-		if d.t.isAborted() {
-			d.endIfIdle()
-		}
-		return true
+	syscall.Close(t.ab.src)
+	syscall.Close(t.ba.src)
+	if t.done != nil {
+		go t.done(t.why)
 	}
-	d.state.Store(stRunning) // it was pending
-	return false
 }
 
-// end marks the direction ended for good.
+// end marks the direction over: its source said EOF.
 func (d *direction) end() {
-	d.state.Store(stEnded)
-	d.t.dirEnded()
-}
-
-func (d *direction) readOnce(fd uintptr) bool {
-	for {
-		d.rn, d.rerr = syscall.Read(int(fd), d.rbuf)
-		if d.rerr != syscall.EINTR {
-			return true
-		}
+	d.ended = true
+	d.t.ended++
+	if d.t.ended == 2 {
+		d.t.finish()
 	}
 }
 
-// writeOnce writes what it can of wbuf; when block is set it parks until dst is writable.
-func (d *direction) writeOnce(fd uintptr) bool {
-	for len(d.wbuf) > 0 {
-		n, err := syscall.Write(int(fd), d.wbuf)
+// pending reports whether bytes wait for dst to become writable.
+func (d *direction) pending() bool { return d.out != nil || d.inPipe > 0 }
+
+// flush writes what waits for dst. It reports whether everything went (false: wait for EPOLLOUT,
+// or the tunnel was aborted).
+func (d *direction) flush() bool {
+	for d.out != nil {
+		n, err := syscall.Write(d.dst, (*d.out)[d.outOff:d.outEnd])
 		switch {
 		case err == syscall.EINTR:
 			continue
 		case err == syscall.EAGAIN:
-			return !d.block
+			return false
 		case err != nil:
-			d.werr = err
-			return true
+			d.t.abort(err)
+			return false
 		}
-		d.wbuf = d.wbuf[n:]
+		d.outOff += n
+		if d.outOff == d.outEnd {
+			buffer.PutSlab(d.out)
+			d.out = nil
+		}
+	}
+	for d.inPipe > 0 {
+		n, err := syscall.Splice(d.pipe.r, nil, d.dst, nil, d.inPipe, spliceMove|spliceNonblock)
+		switch {
+		case err == syscall.EINTR:
+			continue
+		case err == syscall.EAGAIN:
+			return false
+		case err != nil:
+			d.t.abort(err)
+			return false
+		}
+		d.inPipe -= int(n)
+	}
+	if d.shutNext && !d.shutDst {
+		d.shutDst = true
+		syscall.Shutdown(d.dst, syscall.SHUT_WR)
 	}
 	return true
 }
 
-// pump moves bytes until the source would block, on the loop (onLoop: writes never park; a
-// write that would block is handed to a goroutine with its own slab) or on a goroutine of the
-// direction's own. buf is the buffer to read into.
-func (d *direction) pump(buf []byte, onLoop bool) {
-	for reads := 0; ; reads++ {
-		if onLoop && reads == loopReadsPerTurn {
-			// A direction that always has bytes would keep the loop from the other tunnels: it
-			// goes on on a goroutine of its own.
-			go d.pumpOwn(nil)
-			return
-		}
-		if d.t.isAborted() {
-			d.end()
-			return
-		}
-		if !d.maybeClose() {
-			return
-		}
-		d.rbuf = buf
-		if err := d.srcRC.Read(d.readFn); err != nil {
-			d.rerr = err
-		}
-		d.rbuf = nil
-		n, err := d.rn, d.rerr
+// write writes p to dst without blocking; what does not fit waits in a slab.
+func (d *direction) write(p []byte) bool {
+	for len(p) > 0 {
+		n, err := syscall.Write(d.dst, p)
 		switch {
-		case err == syscall.EAGAIN:
-			if d.release() {
-				return
-			}
+		case err == syscall.EINTR:
 			continue
+		case err == syscall.EAGAIN:
+			d.out = buffer.GetSlab()
+			d.outOff, d.outEnd = 0, copy(*d.out, p)
+			return false
 		case err != nil:
-			d.t.Abort(err)
-			d.end()
+			d.t.abort(err)
+			return false
+		}
+		p = p[n:]
+	}
+	return true
+}
+
+// run moves the direction's bytes as far as it can without blocking. It runs on the loop only.
+func (d *direction) run() {
+	t := d.t
+	buf := t.loop.buf
+	for reads := 0; !t.over && !d.ended; reads++ {
+		if d.pending() && !d.flush() {
+			return // dst is full: EPOLLOUT brings us back
+		}
+		if d.pipe != nil && d.inPipe == 0 {
+			putPipe(d.pipe) // a splice that waited for dst is over
+			d.pipe = nil
+		}
+		if t.over {
+			return
+		}
+		if t.goAway && !d.closed && (!d.track || d.ft.AtBoundary()) {
+			d.sendClose()
+			continue
+		}
+		if !d.readable {
+			return
+		}
+		if reads == loopReadsPerTurn {
+			t.loop.requeue(d) // the others' turn; more next round
+			return
+		}
+		n, err := syscall.Read(d.src, buf)
+		switch {
+		case err == syscall.EINTR:
+			continue
+		case err == syscall.EAGAIN:
+			d.readable = false
+			return
+		case err != nil:
+			t.abort(err)
 			return
 		case n == 0:
 			// The source ended its side: pass the half-close on, and the direction is over.
-			if !d.shutDown {
-				d.shutDown = true
-				shutdown(d.dstRC, syscall.SHUT_WR)
+			if !d.shutDst {
+				d.shutDst = true
+				syscall.Shutdown(d.dst, syscall.SHUT_WR)
 			}
 			d.end()
 			return
@@ -373,154 +366,74 @@ func (d *direction) pump(buf []byte, onLoop bool) {
 		if d.closed {
 			continue // after our Close nothing may follow it
 		}
-		if d.t.opt.Moved != nil {
-			d.t.opt.Moved(d.toB, n)
+		if t.moved != nil {
+			t.moved(d.toB, n)
 		}
 		if d.track {
 			d.ft.Feed(buf[:n])
 		}
-		d.wbuf, d.block, d.werr = buf[:n], !onLoop, nil
-		if err := d.dstRC.Write(d.wrFn); err != nil && d.werr == nil {
-			d.werr = err
-		}
-		if d.werr != nil {
-			d.wbuf = nil
-			d.t.Abort(d.werr)
-			d.end()
-			return
-		}
-		if len(d.wbuf) > 0 {
-			// dst is full: finish the write on a goroutine that may block, with a slab of its own,
-			// and leave the loop to the other tunnels.
-			slab := buffer.GetSlab()
-			rest := (*slab)[:copy(*slab, d.wbuf)]
-			d.wbuf = nil
-			go d.pumpOwn(&blockedWrite{slab: slab, rest: rest})
-			return
-		}
-		if !d.maybeClose() {
+		if !d.write(buf[:n]) {
 			return
 		}
 		if n == len(buf) && d.spliceOK() {
 			// A full read: bulk data is streaming. Move what follows socket to socket through a
 			// pipe, without copying it through user space.
-			if !d.splice(onLoop) {
+			if !d.splice() {
 				return
 			}
+			continue
 		}
-		if !onLoop {
-			runtime.Gosched() // fairness among busy directions; see ReadSlabFrom
-		}
-		if n < len(buf) && !d.ending.Load() {
-			// A short read drained the socket (edge-triggered: new bytes wake us again). Not so
-			// for a FIN that came with the bytes: it raises no new edge, so after a hang-up the
-			// pump reads on until EOF.
-			if d.release() {
-				return
-			}
+		if n < len(buf) && !d.ending {
+			// A short read drained the socket (edge-triggered: new bytes raise a new edge). Not
+			// so for a FIN that came with the bytes: it raises none, so after a hang-up the pump
+			// reads on until EOF. The loop's top still runs once (a GoAway may be due now).
+			d.readable = false
 		}
 	}
 }
 
-// blockedWrite is what a goroutine pump must write before reading again: the rest of a slab, or
-// the bytes waiting in the direction's pipe.
-type blockedWrite struct {
-	slab *[]byte
-	rest []byte
-	pipe bool
-}
-
-// pumpOwn is a pump on a goroutine of its own: it may block on writes.
-func (d *direction) pumpOwn(w *blockedWrite) {
-	var slab *[]byte
-	if w != nil && w.pipe {
-		d.block = true
-		if !d.drainPipe() {
-			d.abortSplice()
-			return
-		}
-		d.putPipe()
-		w = nil
-	}
-	if w != nil {
-		slab = w.slab
-		d.wbuf, d.block, d.werr = w.rest, true, nil
-		if err := d.dstRC.Write(d.wrFn); err != nil && d.werr == nil {
-			d.werr = err
-		}
-		d.wbuf = nil
-		if d.werr != nil {
-			buffer.PutSlab(slab)
-			d.t.Abort(d.werr)
-			d.end()
-			return
-		}
-	} else {
-		slab = buffer.GetSlab()
-	}
-	d.pump(*slab, false)
-	buffer.PutSlab(slab)
-}
-
-// maybeClose sends the drain's Close once GoAway was called and dst is between frames. It
-// reports whether the pump may go on.
-func (d *direction) maybeClose() bool {
-	if !d.t.goAway.Load() || d.closed || (d.track && !d.ft.AtBoundary()) {
-		return true
-	}
-	return d.sendClose()
-}
-
-// sendClose sends the drain's Close (WebSocket) and half-closes dst. It reports whether the pump
-// may go on.
-func (d *direction) sendClose() bool {
+// sendClose sends the drain's Close (WebSocket) toward dst and half-closes it once out.
+func (d *direction) sendClose() {
 	d.closed = true
-	if d.track {
-		d.wbuf, d.block, d.werr = CloseFrame(CloseGoingAway, d.masked), true, nil
-		if err := d.dstRC.Write(d.wrFn); err != nil && d.werr == nil {
-			d.werr = err
-		}
-		d.wbuf = nil
-		if d.werr != nil {
-			d.t.Abort(d.werr)
-			d.end()
-			return false
-		}
+	d.shutNext = true
+	if d.track && !d.write(CloseFrame(CloseGoingAway, d.masked)) {
+		return // the rest goes with flush, then the half-close
 	}
-	if !d.shutDown {
-		d.shutDown = true
-		shutdown(d.dstRC, syscall.SHUT_WR)
-	}
-	return true
+	d.flush()
 }
 
-// loop is one epoll set and the goroutine that serves it while it holds tunnels. The goroutine
-// parks in the Go poller on the epoll descriptor itself (an epoll set is pollable), so waiting
-// costs no OS thread and no extra scheduling: the runtime wakes it when any tunnel is ready.
+// loop is one epoll set and the goroutine that serves it while it holds tunnels.
 type loop struct {
 	mu      sync.Mutex
-	epfd    int
-	file    *os.File // epfd, as the Go poller sees it
+	file    *os.File // the epoll descriptor, as the Go poller sees it
 	rc      syscall.RawConn
+	epfd    int
+	wakeFD  int // an eventfd in the set, to wake the loop for work from other goroutines
 	dirs    map[uint64]*direction
 	nextID  uint64
 	running bool
+	inbox   []func() // work from other goroutines (Abort, GoAway), run on the loop
 
-	// Owned by run.
+	// Owned by the loop's goroutine.
 	events []syscall.EpollEvent
-	waitFn func(fd uintptr) bool
 	buf    []byte
+	ready  []*direction // directions that still have bytes after their turn
+	work   []func()
+	waitFn func(fd uintptr) bool
 }
 
 // epollET is EPOLLET as the uint32 epoll_event wants it (package syscall spells it negative).
 const epollET = 1 << 31
 
-// loopReadsPerTurn bounds the reads one direction makes on the loop before the others' turn.
+// loopReadsPerTurn bounds the reads one direction makes before the others' turn.
 const loopReadsPerTurn = 4
 
 // loopBufSize is the loop's read buffer: a pooled slab's size, so that what a full destination
-// left unwritten always fits the slab its goroutine takes over.
+// left unwritten always fits the slab it waits in.
 const loopBufSize = buffer.SlabSize
+
+// wakeID is the wake eventfd's id in the set; tunnel directions count from 1.
+const wakeID = 0
 
 func (l *loop) open() error {
 	if l.file != nil {
@@ -530,17 +443,31 @@ func (l *loop) open() error {
 	if err != nil {
 		return err
 	}
+	const efdCloexec, efdNonblock = 0x80000, 0x800
+	wfd, _, errno := syscall.Syscall(syscall.SYS_EVENTFD2, 0, efdCloexec|efdNonblock, 0)
+	if errno != 0 {
+		syscall.Close(fd)
+		return errno
+	}
+	ev := syscall.EpollEvent{Events: syscall.EPOLLIN | epollET, Fd: wakeID}
+	if err := syscall.EpollCtl(fd, syscall.EPOLL_CTL_ADD, int(wfd), &ev); err != nil {
+		syscall.Close(fd)
+		syscall.Close(int(wfd))
+		return err
+	}
 	if err := syscall.SetNonblock(fd, true); err != nil {
 		syscall.Close(fd)
+		syscall.Close(int(wfd))
 		return err
 	}
 	f := os.NewFile(uintptr(fd), "tunnel-epoll")
 	rc, err := f.SyscallConn()
 	if err != nil {
 		f.Close()
+		syscall.Close(int(wfd))
 		return err
 	}
-	l.epfd, l.file, l.rc = fd, f, rc
+	l.epfd, l.wakeFD, l.file, l.rc = fd, int(wfd), f, rc
 	l.events = make([]syscall.EpollEvent, 128)
 	l.waitFn = l.serveOnce
 	return nil
@@ -556,70 +483,113 @@ func (l *loop) add(ds ...*direction) error {
 		l.nextID++
 		d.id = l.nextID
 		l.dirs[d.id] = d
-		ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP | epollET,
+		// EPOLLOUT too: with edge triggering it fires only when a full send buffer drains.
+		ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLOUT | syscall.EPOLLRDHUP | epollET,
 			Fd: int32(uint32(d.id)), Pad: int32(uint32(d.id >> 32))}
-		if err := syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_ADD, d.srcFD, &ev); err != nil {
+		if err := syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_ADD, d.src, &ev); err != nil {
 			for _, u := range ds[:i+1] {
 				delete(l.dirs, u.id)
-				syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_DEL, u.srcFD, nil)
+				syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_DEL, u.src, nil)
 			}
 			return err
 		}
 	}
 	if !l.running {
 		l.running = true
+		l.buf = make([]byte, loopBufSize)
 		go l.run()
 	}
 	return nil
 }
 
+// remove forgets the directions; their descriptors are about to close, which takes them out of
+// the set. Called on the loop.
 func (l *loop) remove(ds ...*direction) {
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	for _, d := range ds {
-		// No EPOLL_CTL_DEL: Done's contract is that the caller closes both sockets, and closing a
-		// socket takes it out of every epoll set (two syscalls saved per tunnel). Until then an
-		// event for it finds no direction and is dropped.
 		delete(l.dirs, d.id)
 	}
-	if len(l.dirs) == 0 && l.running {
-		l.file.SetReadDeadline(time.Now()) // wake the loop so it can end
+	l.mu.Unlock()
+}
+
+// do runs f on the loop's goroutine.
+func (l *loop) do(f func()) {
+	l.mu.Lock()
+	l.inbox = append(l.inbox, f)
+	l.mu.Unlock()
+	one := [8]byte{1}
+	syscall.Write(l.wakeFD, one[:])
+}
+
+// requeue puts a direction that still has bytes at the back of the ready list.
+func (l *loop) requeue(d *direction) {
+	if !d.queued {
+		d.queued = true
+		l.ready = append(l.ready, d)
 	}
 }
 
-// serveOnce is the loop's body, run as the poller callback of the epoll descriptor: it drains the
-// set's ready events and pumps each ready direction, then returns false to park until the set has
-// more. Staying inside one RawConn.Read keeps the poller's readiness across iterations (a new
-// RawConn.Read would clear it and need another epoll_wait to be safe): one epoll_wait per wake-up.
-// It returns true, ending the Read, when the loop has no tunnels left.
+// serveOnce is the loop's body, run as the poller callback of the epoll descriptor: it handles
+// the set's ready events, the inbox and the ready list, then returns false to park until the set
+// has more. Staying inside one RawConn.Read keeps the poller's readiness across iterations (a new
+// Read would clear it and need another epoll_wait to be safe). It returns true, ending the Read,
+// when the loop has no tunnels left.
 func (l *loop) serveOnce(fd uintptr) bool {
 	for {
 		l.mu.Lock()
-		empty := len(l.dirs) == 0
+		l.work, l.inbox = l.inbox, l.work[:0]
+		empty := len(l.dirs) == 0 && len(l.work) == 0
 		l.mu.Unlock()
 		if empty {
 			return true
 		}
-		n, err := syscall.EpollWait(int(fd), l.events, 0)
-		if err != nil || n <= 0 {
-			return false
+		for i, f := range l.work {
+			f()
+			l.work[i] = nil
 		}
-		for _, ev := range l.events[:n] {
+		timeout := 0
+		n, err := syscall.EpollWait(int(fd), l.events, timeout)
+		if err != nil && err != syscall.EINTR {
+			n = 0
+		}
+		for _, ev := range l.events[:max(n, 0)] {
 			id := uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
+			if id == wakeID {
+				var b [8]byte
+				syscall.Read(l.wakeFD, b[:])
+				continue
+			}
 			l.mu.Lock()
 			d := l.dirs[id]
 			l.mu.Unlock()
 			if d == nil {
 				continue
 			}
-			if ev.Events&(syscall.EPOLLRDHUP|syscall.EPOLLHUP|syscall.EPOLLERR) != 0 {
-				d.ending.Store(true)
+			if ev.Events&(syscall.EPOLLIN|syscall.EPOLLRDHUP|syscall.EPOLLHUP|syscall.EPOLLERR) != 0 {
+				d.readable = true
+				if ev.Events&(syscall.EPOLLRDHUP|syscall.EPOLLHUP|syscall.EPOLLERR) != 0 {
+					d.ending = true
+				}
+				d.run()
 			}
-			if d.claim() {
-				d.pump(l.buf, true)
+			if ev.Events&(syscall.EPOLLOUT|syscall.EPOLLHUP|syscall.EPOLLERR) != 0 && d.peer.pending() {
+				d.peer.run() // d's socket is the peer's destination: it can take more
 			}
 		}
-		if n < len(l.events) {
+		// One round of the directions that had more than their turn.
+		ready := l.ready
+		l.ready = nil
+		for _, d := range ready {
+			d.queued = false
+			d.run()
+		}
+		l.mu.Lock()
+		idle, empty := len(l.inbox) == 0, len(l.dirs) == 0
+		l.mu.Unlock()
+		if empty && idle {
+			return true // the last tunnel ended: the loop goes away
+		}
+		if n < len(l.events) && len(l.ready) == 0 && idle {
 			return false // drained: park (events that came meanwhile have already woken the poller)
 		}
 	}
@@ -627,22 +597,16 @@ func (l *loop) serveOnce(fd uintptr) bool {
 
 // run serves the loop's tunnels until it has none.
 func (l *loop) run() {
-	if l.buf == nil {
-		l.buf = make([]byte, loopBufSize)
-	}
 	for {
 		l.mu.Lock()
-		if len(l.dirs) == 0 {
+		if len(l.dirs) == 0 && len(l.inbox) == 0 {
 			l.running = false
 			l.buf = nil // an idle process keeps no loop buffer
 			l.mu.Unlock()
 			return
 		}
 		l.mu.Unlock()
-		if err := l.rc.Read(l.waitFn); err != nil {
-			// The deadline that remove set to wake us: look at the tunnel count again.
-			l.file.SetReadDeadline(time.Time{})
-		}
+		l.rc.Read(l.waitFn)
 	}
 }
 
@@ -664,23 +628,13 @@ func (d *direction) spliceOK() bool {
 	return !d.track || d.ft.PayloadLeft() >= spliceMin
 }
 
-// splice moves bulk bytes until the source has none ready (or, for a WebSocket, the frame's
-// payload ends). It reports whether the pump goes on; false means the direction was handed to a
-// goroutine (dst full while on the loop) or ended.
-func (d *direction) splice(onLoop bool) bool {
+// splice moves bulk bytes until the source has none ready, the frame's payload ends (WebSocket)
+// or the direction's turn is over. It reports whether the direction may go on reading.
+func (d *direction) splice() bool {
 	if d.pipe = getPipe(); d.pipe == nil {
 		return true // no pipe to be had: copying still works
 	}
-	for chunks := 0; !d.t.isAborted(); chunks++ {
-		if chunks == loopReadsPerTurn {
-			if onLoop {
-				d.putPipe()
-				go d.pumpOwn(nil) // a long transfer goes on off the loop
-				return false
-			}
-			chunks = 0
-			runtime.Gosched()
-		}
+	for chunk := 0; chunk < loopReadsPerTurn; chunk++ {
 		limit := spliceChunk
 		if d.track {
 			left := d.ft.PayloadLeft()
@@ -689,97 +643,33 @@ func (d *direction) splice(onLoop bool) bool {
 			}
 			limit = int(min(left, uint64(limit)))
 		}
-		d.spliceN, d.rn, d.rerr = limit, 0, nil
-		if err := d.srcRC.Read(d.spliceFn); err != nil {
-			d.rerr = err
+		n, err := syscall.Splice(d.src, nil, d.pipe.w, nil, limit, spliceMove|spliceNonblock)
+		if err == syscall.EINTR {
+			continue
 		}
-		if d.rerr == syscall.EAGAIN || d.rn == 0 && d.rerr == nil {
+		if err == syscall.EAGAIN || n == 0 && err == nil {
 			break // nothing ready, or EOF: the copy path sees it on its next read
 		}
-		if d.rerr != nil {
-			d.abortSplice()
+		if err != nil {
+			d.t.abort(err)
 			return false
 		}
-		n := d.rn
-		d.inPipe = n
-		if d.t.opt.Moved != nil {
-			d.t.opt.Moved(d.toB, n)
+		d.inPipe = int(n)
+		if d.t.moved != nil {
+			d.t.moved(d.toB, int(n))
 		}
 		if d.track {
 			d.ft.Skip(uint64(n))
 		}
-		d.block = !onLoop
-		if !d.drainPipe() {
-			d.abortSplice()
-			return false
-		}
-		if d.inPipe > 0 {
-			go d.pumpOwn(&blockedWrite{pipe: true}) // dst is full: wait for it off the loop
-			return false
+		if !d.flush() {
+			return false // dst is full (the pipe waits for EPOLLOUT) or the tunnel ended
 		}
 	}
-	d.putPipe()
-	return true
-}
-
-// spliceOnce moves up to spliceN bytes from the source socket into the pipe, without blocking.
-func (d *direction) spliceOnce(fd uintptr) bool {
-	for {
-		n, err := syscall.Splice(int(fd), nil, d.pipe.w, nil, d.spliceN, spliceMove|spliceNonblock)
-		if err == syscall.EINTR {
-			continue
-		}
-		d.rn, d.rerr = int(n), err
-		return true
-	}
-}
-
-// drainOnce writes the pipe's bytes to dst; when block is set it parks until dst is writable.
-func (d *direction) drainOnce(fd uintptr) bool {
-	for d.inPipe > 0 {
-		n, err := syscall.Splice(d.pipe.r, nil, int(fd), nil, d.inPipe, spliceMove|spliceNonblock)
-		switch {
-		case err == syscall.EINTR:
-			continue
-		case err == syscall.EAGAIN:
-			return !d.block
-		case err != nil:
-			d.werr = err
-			return true
-		}
-		d.inPipe -= int(n)
+	if d.pipe != nil {
+		putPipe(d.pipe)
+		d.pipe = nil
 	}
 	return true
-}
-
-// drainPipe empties the pipe into dst as far as it can (all of it when block is set). It reports
-// false on a write error.
-func (d *direction) drainPipe() bool {
-	d.werr = nil
-	if err := d.dstRC.Write(d.drainFn); err != nil && d.werr == nil {
-		d.werr = err
-	}
-	return d.werr == nil
-}
-
-// abortSplice ends the tunnel after a failed splice; the pipe, which may hold bytes, is closed.
-func (d *direction) abortSplice() {
-	err := d.werr
-	if err == nil {
-		err = d.rerr
-	}
-	if err == nil {
-		err = ErrEngineClosed
-	}
-	d.pipe.close()
-	d.pipe, d.inPipe = nil, 0
-	d.t.Abort(err)
-	d.end()
-}
-
-func (d *direction) putPipe() {
-	putPipe(d.pipe)
-	d.pipe = nil
 }
 
 // Splice flags (package syscall has no names for them).

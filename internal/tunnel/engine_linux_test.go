@@ -301,17 +301,6 @@ func TestEngineIdleTunnelsHoldNoGoroutine(t *testing.T) {
 	}
 }
 
-// A socket closed under the engine ends its tunnel instead of leaving it registered forever.
-func TestEngineSocketClosedUnderIt(t *testing.T) {
-	e := NewEngine(1)
-	et := startEngineTunnel(t, e, Options{})
-	a := et.t.opt.A
-	a.Close()
-	et.server.Write([]byte("to a closed socket"))
-	et.t.Abort(errors.New("closed"))
-	et.waitDone(t)
-}
-
 // Bytes and a FIN that arrived before the tunnel started are carried: the engine does not wait
 // for an edge that came before it.
 func TestEngineStartsOnPendingBytes(t *testing.T) {
