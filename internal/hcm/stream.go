@@ -756,8 +756,8 @@ func (s *stream) takeHandoff(readErr error) bool {
 	s.handoffMu.Unlock()
 	d := s.down.(*h1Stream)
 	d.c.nc.SetReadDeadline(time.Time{})
-	// The engine watches the stream's context (below), which ends with the server's; the
-	// connection's own watch would only hold memory.
+	// The server's shutdown reaches engine tunnels through Manager.AbortTunnels; the
+	// connection's own watch on the server's context would only hold memory.
 	d.c.stopWake()
 	d.c.stopWake = nil
 	s.encMu.Lock()
