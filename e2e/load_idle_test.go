@@ -31,7 +31,7 @@ func idleTunnelsDefault(t *testing.T) int {
 // TestLoadIdleTunnels holds thousands of idle WebSocket tunnels (9000, or
 // SWITCHYARD_IDLE_TUNNELS) and measures what each costs the proxy. They are HTTP/1.1 tunnels with a
 // router-only chain, so the tunnel engine carries them: no goroutine per tunnel (only the engine's
-// loops, one per CPU) and a few KiB of memory; closing them all brings both back.
+// loops, one per CPU) and under 4 KiB of memory; closing them all brings both back.
 func TestLoadIdleTunnels(t *testing.T) {
 	loadSkipShort(t)
 	n := loadEnv(t, "SWITCHYARD_IDLE_TUNNELS", idleTunnelsDefault(t))
@@ -79,12 +79,26 @@ func TestLoadIdleTunnels(t *testing.T) {
 		t.Errorf("goroutines grew by %d for the first %d tunnels and by %d for the next %d: not a constant per tunnel",
 			first, n/2, second, n-n/2)
 	}
-	if kb >= 16 {
-		t.Errorf("%.1f KiB of RSS per idle tunnel, want well under 16 (about 8 measured)", kb)
+	// The target is 4 KB; about 3.5 KiB is measured (the records left after the hand-off
+	// are about 1.2 KiB of live heap; the rest is the garbage collector's headroom).
+	if kb >= 4.5 {
+		t.Errorf("%.1f KiB of RSS per idle tunnel, want under 4.5 (about 3.5 measured)", kb)
 	}
 
+	// While they are open the engine carries them, but every gauge still counts them.
+	for _, stat := range []string{"http.ingress.downstream_cx_active", "http.ingress.downstream_rq_active",
+		"cluster.app.upstream_cx_active", "cluster.app.upstream_rq_active"} {
+		if v := p.Stat(stat); v != int64(n) {
+			t.Errorf("%s = %d with %d tunnels open", stat, v, n)
+		}
+	}
 	closeAll()
+	// Everything returns to where it was: the gauges, and the goroutines.
 	p.WaitStat(upgActiveStat, 0, loadWait)
+	for _, stat := range []string{"http.ingress.downstream_cx_active", "http.ingress.downstream_rq_active",
+		"cluster.app.upstream_cx_active", "cluster.app.upstream_rq_active"} {
+		p.WaitStat(stat, 0, loadWait)
+	}
 	deadline := time.Now().Add(loadWait)
 	for p.Goroutines() > g0 {
 		if time.Now().After(deadline) {

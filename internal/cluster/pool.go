@@ -140,7 +140,9 @@ func newPconn(conn net.Conn, h *Host) *pconn {
 // close closes the connection and does its accounting, once.
 func (pc *pconn) close() error {
 	pc.once.Do(func() {
-		pc.err = pc.conn.Close()
+		if pc.conn != nil {
+			pc.err = pc.conn.Close()
+		}
 		pc.host.cluster.connClosed(pc.host)
 	})
 	return pc.err
@@ -222,6 +224,20 @@ type hijackedConn struct {
 func (c *hijackedConn) Close() error {
 	c.once.Do(func() { c.pc.host.rqActive.Add(-1) })
 	return c.pc.close()
+}
+
+// SocketTaken is for the holder of a hijacked connection whose socket now lives outside Go's net
+// package (the tunnel engine duplicated its descriptor and closed this copy). It lets go of the
+// net.Conn, so an idle tunnel does not keep one, and returns what is left of the connection: its
+// accounting, done once when the tunnel ends. ok is false for a connection Hijack did not return;
+// the connection must not be used after a true.
+func SocketTaken(c net.Conn) (end func(), ok bool) {
+	hc, ok := c.(*hijackedConn)
+	if !ok {
+		return nil, false
+	}
+	hc.Conn, hc.pc.conn = nil, nil
+	return func() { hc.Close() }, true
 }
 
 // CloseWrite half-closes the connection (TCP FIN), so a tunnel can propagate a half-close.

@@ -50,8 +50,8 @@ type Manager struct {
 	memory       *memacct.Tracker // set before serving: opens each stream's buffer account; nil: no accounting
 
 	liveMu  sync.Mutex
-	live    map[drainer]struct{} // open connections, told when the listener drains
-	tunnels map[*stream]struct{} // open tunnels, closed cleanly when the drain time runs out
+	live    map[drainer]struct{}    // open connections, told when the listener drains
+	tunnels map[openTunnel]struct{} // open tunnels, closed cleanly when the drain time runs out
 }
 
 // CloseTunnels ends every open tunnel cleanly, at the end of the drain time: a WebSocket gets a
@@ -60,13 +60,13 @@ type Manager struct {
 // is left shortly after.
 func (m *Manager) CloseTunnels() {
 	m.liveMu.Lock()
-	ts := make([]*stream, 0, len(m.tunnels))
-	for s := range m.tunnels {
-		ts = append(ts, s)
+	ts := make([]openTunnel, 0, len(m.tunnels))
+	for t := range m.tunnels {
+		ts = append(ts, t)
 	}
 	m.liveMu.Unlock()
-	for _, s := range ts {
-		s.goingAway()
+	for _, t := range ts {
+		t.goingAway()
 	}
 }
 
@@ -74,15 +74,13 @@ func (m *Manager) CloseTunnels() {
 // their connections have no goroutine that would see the server's context end.
 func (m *Manager) AbortTunnels() {
 	m.liveMu.Lock()
-	var ts []*stream
-	for s := range m.tunnels {
-		ts = append(ts, s)
+	var ts []openTunnel
+	for t := range m.tunnels {
+		ts = append(ts, t)
 	}
 	m.liveMu.Unlock()
-	for _, s := range ts {
-		if t := s.engine.Load(); t != nil {
-			t.Abort(errStreamEnded)
-		}
+	for _, t := range ts {
+		t.abortEngine()
 	}
 }
 
@@ -111,7 +109,7 @@ func New(cfg *config.HCM, bufferLimit int, st *stats.Store, builders map[string]
 	}
 	m := &Manager{cfg: cfg, bufferLimit: bufferLimit, stats: newStats(st, cfg), log: log,
 		chains: map[*config.HTTPFilter]namedFactory{}, live: map[drainer]struct{}{},
-		tunnels: map[*stream]struct{}{}}
+		tunnels: map[openTunnel]struct{}{}}
 	maxKB := cfg.MaxRequestHeadersKB
 	if maxKB <= 0 {
 		maxKB = config.DefaultMaxHeadersKB
@@ -226,17 +224,65 @@ type conn struct {
 // connection whose tunnel went to the tunnel engine is detached: its goroutine returns without
 // ending it, and the engine's Done ends it later.
 type lifetime struct {
-	fns      []func()
-	detached bool // set by the connection's goroutine before it returns
+	fns      []lifeFn
+	detached bool   // set by the connection's goroutine before it returns
+	onDetach func() // the owner's ConnHooks.Detached
 }
 
-func (l *lifetime) add(f func()) { l.fns = append(l.fns, f) }
+// lifeFn is one step of a connection's end. A local step refers to the connection's own objects
+// (its net.Conn, reader, context watch): at a detach it runs at once, so the engine's tunnel
+// does not keep them.
+type lifeFn struct {
+	f     func()
+	local bool
+}
+
+// add adds a step that refers to nothing of the connection but counters and its owner's record.
+func (l *lifetime) add(f func()) { l.fns = append(l.fns, lifeFn{f: f}) }
+
+// addLocal adds a step that refers to the connection's objects.
+func (l *lifetime) addLocal(f func()) { l.fns = append(l.fns, lifeFn{f: f, local: true}) }
 
 func (l *lifetime) end() {
 	for i := len(l.fns) - 1; i >= 0; i-- {
-		l.fns[i]()
+		l.fns[i].f()
 	}
 	l.fns = nil
+}
+
+// detach is the tunnel engine taking the connection's socket: the local steps run now and the
+// owner hears of it; what is returned ends the rest when the tunnel ends.
+func (l *lifetime) detach() (end func()) {
+	l.detached = true
+	var rest []func()
+	for i := len(l.fns) - 1; i >= 0; i-- {
+		if l.fns[i].local {
+			l.fns[i].f()
+		} else {
+			rest = append(rest, l.fns[i].f)
+		}
+	}
+	l.fns = nil
+	if l.onDetach != nil {
+		l.onDetach()
+		l.onDetach = nil
+	}
+	return func() {
+		for _, f := range rest {
+			f()
+		}
+	}
+}
+
+// ConnHooks tell the owner of an accepted connection (the server) about its end.
+type ConnHooks struct {
+	// Ended runs once the connection is over: before ServeConn returns, or later for a tunnel
+	// the engine carries.
+	Ended func()
+	// Detached runs when the tunnel engine takes the connection's socket (ServeConn returns at
+	// once then, and Ended comes when the tunnel ends). The net.Conn is closed and will not be
+	// used again: the owner should let go of it, and keep only what Ended needs.
+	Detached func()
 }
 
 // countingConn counts the connection's bytes into the HCM's rx/tx counters.
@@ -275,18 +321,17 @@ func (c *countingConn) CloseWrite() error {
 // connection's handshake runs here, and its ALPN picks the codec; on cleartext, codec_type AUTO
 // tells HTTP/2 (prior knowledge) from HTTP/1.1 by the client's first bytes.
 //
-// ended, if not nil, is called once the connection is over: before ServeConn returns, or later
-// when a tunnel on it was handed to the tunnel engine (ServeConn returns at once then, and no
-// goroutine waits for the tunnel).
-func (m *Manager) ServeConn(ctx context.Context, nc net.Conn, ended func()) {
-	life := &lifetime{}
+// hooks tell the owner of the connection when it ends, which for a tunnel handed to the tunnel
+// engine is after ServeConn has returned (no goroutine waits for the tunnel).
+func (m *Manager) ServeConn(ctx context.Context, nc net.Conn, hooks ConnHooks) {
+	life := &lifetime{onDetach: hooks.Detached}
 	defer func() {
 		if !life.detached {
 			life.end()
 		}
 	}()
-	if ended != nil {
-		life.add(ended)
+	if hooks.Ended != nil {
+		life.add(hooks.Ended)
 	}
 	s := m.stats
 	s.CxTotal.Inc()
@@ -295,7 +340,7 @@ func (m *Manager) ServeConn(ctx context.Context, nc net.Conn, ended func()) {
 		s.CxActive.Dec()
 		s.CxDestroy.Inc()
 	})
-	life.add(func() { nc.Close() })
+	life.addLocal(func() { nc.Close() })
 	scheme, alpn := "http", ""
 	if tc, ok := nc.(*tls.Conn); ok {
 		hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
@@ -312,7 +357,7 @@ func (m *Manager) ServeConn(ctx context.Context, nc net.Conn, ended func()) {
 	c := &conn{m: m, nc: cc, br: buffer.GetReader(cc), remote: nc.RemoteAddr().String(), scheme: scheme, life: life}
 	stop := context.AfterFunc(ctx, func() { nc.SetReadDeadline(time.Now()) })
 	c.stopWake = func() { stop() }
-	life.add(func() {
+	life.addLocal(func() {
 		if c.stopWake != nil {
 			c.stopWake()
 		}
@@ -343,10 +388,10 @@ func (m *Manager) ServeConn(ctx context.Context, nc net.Conn, ended func()) {
 	s.CxHTTP1Total.Inc()
 	s.CxHTTP1Active.Inc()
 	life.add(s.CxHTTP1Active.Dec)
-	life.add(m.track(c))
+	life.addLocal(m.track(c))
 	// Only this goroutine reads the connection, so its reader can go back to the pool at the end
 	// (the writer only at a switch: a late timer may still write a reply through it).
-	life.add(func() {
+	life.addLocal(func() {
 		buffer.PutReader(c.br)
 		c.br = nil
 	})

@@ -77,7 +77,10 @@ type stream struct {
 	pumpGone  bool     // the decode pump has stopped: too late to hand off
 	detached  bool     // the engine carries the tunnel; set by the decode goroutine
 	engine    atomic.Pointer[tunnel.Tunnel]
-	endFns    []func() // what run does at the stream's end, or the engine's Done after a hand-off
+
+	// For the hand-off, which re-arms the timers on the record that outlives the stream.
+	idleTimeout time.Duration // 0: none
+	deadline    time.Time     // max_stream_duration; zero: none
 
 	// acct is charged with the bytes held for this stream, for reset_high_memory_stream; nil
 	// without buffer accounting. Opened in newStream, closed in finish.
@@ -88,6 +91,7 @@ type stream struct {
 type handoff struct {
 	up      net.Conn
 	towardB *tunnel.FrameTracker // frames written upstream so far
+	detach  func() (end func())  // the router's, once the engine has the tunnel
 }
 
 func newStream(ctx context.Context, m *Manager, down downstream, h *headers.Map) *stream {
@@ -111,8 +115,6 @@ func (s *stream) run() bool {
 			s.end()
 		}
 	}()
-	s.atEnd(ms.RqActive.Dec)
-	s.atEnd(s.finish)
 
 	if s.m.shedRequest != nil && s.m.shedRequest() {
 		// Envoy drops new requests (upgrades too) as soon as the headers are decoded, before the
@@ -162,8 +164,7 @@ func (s *stream) run() bool {
 			s.upStats = ms.Upgrade(s.upgrade)
 			s.upStats.Accepted.Inc()
 			ms.CxUpgradesTotal.Inc()
-			ms.CxUpgradesActive.Inc()
-			s.atEnd(ms.CxUpgradesActive.Dec)
+			ms.CxUpgradesActive.Inc() // until end (or the parked tunnel's end)
 			chain = c
 		case upgradeNoRoute:
 			// Envoy: with no route the upgrade is neither accepted nor refused; the router's 404
@@ -386,9 +387,7 @@ func (s *stream) finish() {
 	}
 	if s.tunnelOpen.Load() {
 		s.upStats.Active.Dec()
-		s.m.liveMu.Lock()
-		delete(s.m.tunnels, s)
-		s.m.liveMu.Unlock()
+		s.m.untrackTunnel(s)
 	}
 	s.cancel()
 	for _, f := range s.filters {
@@ -425,6 +424,7 @@ func (s *stream) startTimers() {
 	if s.route != nil && s.route.Action != nil && s.route.Action.IdleTimeout != nil {
 		idle = *s.route.Action.IdleTimeout
 	}
+	s.idleTimeout = idle
 	if idle > 0 {
 		var t *time.Timer
 		t = time.AfterFunc(idle, func() {
@@ -447,6 +447,7 @@ func (s *stream) startTimers() {
 		}))
 	}
 	if d := cfg.MaxStreamDuration; d > 0 {
+		s.deadline = time.Now().Add(d)
 		s.timers = append(s.timers, time.AfterFunc(d, func() {
 			s.m.stats.RqMaxDurationReached.Inc()
 			s.timeout(408, "downstream duration timeout", "max_duration_timeout")
@@ -603,9 +604,7 @@ func (s *stream) writeHeaders(h *headers.Map, end bool) {
 		s.tunnelOpen.Store(true)
 		s.upStats.Established.Inc()
 		s.upStats.Active.Inc()
-		s.m.liveMu.Lock()
-		s.m.tunnels[s] = struct{}{}
-		s.m.liveMu.Unlock()
+		s.m.trackTunnel(s)
 		return
 	}
 	if end || bodyless {
@@ -706,15 +705,15 @@ func (s *stream) finishResponse() {
 	s.markDone()
 }
 
-// atEnd adds f to what happens when the stream ends, last added first (like defer).
-func (s *stream) atEnd(f func()) { s.endFns = append(s.endFns, f) }
-
-// end runs the stream's end: on run's return, or on the engine's Done after a hand-off.
+// end is the stream's end, when run returns: what run counted, and finish. A stream whose tunnel
+// went to the engine ends as a parkedTunnel instead.
 func (s *stream) end() {
-	for i := len(s.endFns) - 1; i >= 0; i-- {
-		s.endFns[i]()
+	ms := s.m.stats
+	if s.upgrade != "" {
+		ms.CxUpgradesActive.Dec()
 	}
-	s.endFns = nil
+	s.finish()
+	ms.RqActive.Dec()
 }
 
 // OfferTunnel is the router offering its half of an open tunnel to the tunnel engine, so that
@@ -723,7 +722,7 @@ func (s *stream) end() {
 // the router alone (no filter sees the payload), no drain under way. On true the router stops
 // reading its side; the decode pump hands both sockets to the engine once it has passed on every
 // client byte it read (see takeHandoff).
-func (s *stream) OfferTunnel(up net.Conn, towardB *tunnel.FrameTracker) bool {
+func (s *stream) OfferTunnel(up net.Conn, towardB *tunnel.FrameTracker, detach func() (end func())) bool {
 	d, ok := s.down.(*h1Stream)
 	if !ok || len(s.filters) != 1 || !tunnel.Pluggable(d.c.nc) || !tunnel.Pluggable(up) {
 		return false
@@ -733,7 +732,7 @@ func (s *stream) OfferTunnel(up net.Conn, towardB *tunnel.FrameTracker) bool {
 		s.handoffMu.Unlock()
 		return false
 	}
-	s.handoff = &handoff{up: up, towardB: towardB}
+	s.handoff = &handoff{up: up, towardB: towardB, detach: detach}
 	s.handoffMu.Unlock()
 	d.c.wakeReader() // the pump's wait for client bytes returns; it takes the hand-off
 	return true
@@ -744,7 +743,9 @@ var errStreamEnded = errors.New("stream ended")
 
 // takeHandoff runs on the decode pump when its read fails in a tunnel: if the router offered its
 // half, the pump starts the engine tunnel and reports true (it must stop). Every client byte read
-// so far has gone upstream, so the engine starts at the right place in both streams.
+// so far has gone upstream, so the engine starts at the right place in both streams. Once the
+// engine has the sockets, the stream, its filters and its connection are reduced to a
+// parkedTunnel, and let go.
 func (s *stream) takeHandoff(readErr error) bool {
 	s.handoffMu.Lock()
 	h := s.handoff
@@ -756,39 +757,37 @@ func (s *stream) takeHandoff(readErr error) bool {
 	s.handoffMu.Unlock()
 	d := s.down.(*h1Stream)
 	d.c.nc.SetReadDeadline(time.Time{})
-	// The server's shutdown reaches engine tunnels through Manager.AbortTunnels; the
-	// connection's own watch on the server's context would only hold memory.
-	d.c.stopWake()
-	d.c.stopWake = nil
 	s.encMu.Lock()
 	towardA := s.wsDown
-	// Nothing encodes through the chain any more: the engine writes to the client. Dropping the
-	// iterator lets the response head it kept go.
+	// Nothing encodes through the chain any more: the engine writes to the client.
 	s.respEnded, s.enc = true, nil
 	s.encMu.Unlock()
+	p := &parkedTunnel{m: s.m, up: s.upStats, remote: s.ri.remote}
+	p.activity.Store(s.activity.Load())
+	p.mu.Lock() // the engine's Done and the record's timers wait until it is complete
+	defer p.mu.Unlock()
 	t, err := tunnel.DefaultEngine().Start(tunnel.Options{
 		A: d.c.nc, B: h.up,
 		WebSocket: s.upgrade == "websocket",
 		TowardB:   *h.towardB, TowardA: towardA,
-		Moved: s.moved,
-		Done:  s.engineDone,
+		Moved: p.moved,
+		Done:  p.done,
 	})
 	if err != nil {
 		s.m.log.Error("the tunnel engine refused a tunnel", "err", err)
 		s.reset("tunnel_engine_failed")
 		return true
 	}
+	p.t = t
 	s.handoffMu.Lock()
 	s.detached = true
 	s.engine.Store(t)
 	goAway := s.goAway.Load()
 	s.handoffMu.Unlock()
-	d.c.life.detached = true
-	// An idle tunnel should hold as little as possible: what only the handshake and the pump
-	// needed goes now.
-	d.raw, d.req, s.h, s.dec = nil, nil, nil, nil
-	// A reset or a timeout reaches the engine through h1Stream.reset, the server's close through
-	// Manager.AbortTunnels: no watch on the context per tunnel.
+	s.park(p, h.detach(), d.c)
+	// A reset or a timeout that came before the timers moved reaches the engine here (or through
+	// h1Stream.reset); later ones through the record; the server's close through
+	// Manager.AbortTunnels.
 	switch {
 	case s.ctx.Err() != nil || s.wasReset.Load():
 		t.Abort(errStreamEnded)
@@ -797,30 +796,6 @@ func (s *stream) takeHandoff(readErr error) bool {
 	case goAway:
 		t.GoAway()
 	}
+	s.cancel() // nothing watches it now; cancelling unlinks it from the server's context
 	return true
-}
-
-// moved counts bytes the engine moved, as the pumps would have.
-func (s *stream) moved(toB bool, n int) {
-	if toB {
-		s.upStats.BytesUp.Add(uint64(n))
-		s.m.stats.CxRxBytes.Add(uint64(n))
-	} else {
-		s.upStats.BytesDown.Add(uint64(n))
-		s.m.stats.CxTxBytes.Add(uint64(n))
-	}
-	s.touch()
-}
-
-// engineDone ends a tunnel the engine carried: the stream's end, then its connection's.
-func (s *stream) engineDone(why error) {
-	if why != nil {
-		s.wasReset.Store(true)
-		s.m.log.Debug("tunnel ended", "reason", why, "remote", s.ri.remote)
-	}
-	s.upEnded.Store(true)
-	s.downEnded.Store(true)
-	s.markDone()
-	s.end()
-	s.down.(*h1Stream).c.life.end()
 }

@@ -37,9 +37,13 @@ type StreamInfo interface {
 
 // TunnelTaker is implemented by a stream that can hand an open tunnel to the tunnel engine.
 // OfferTunnel gives it the upstream connection and the frame state of what was written to it; on
-// true the router stops carrying the tunnel and only ends it (OnDestroy).
+// true the router stops carrying the tunnel. If the engine then takes the tunnel, the stream calls
+// detach instead of OnDestroy: the router lets go of everything and returns what must happen when
+// the tunnel ends (the upstream connection's and the request's accounting), holding nothing else,
+// so that an idle tunnel keeps neither the router nor the upstream net.Conn. Otherwise OnDestroy
+// ends the router as usual.
 type TunnelTaker interface {
-	OfferTunnel(up net.Conn, towardB *tunnel.FrameTracker) bool
+	OfferTunnel(up net.Conn, towardB *tunnel.FrameTracker, detach func() (end func())) bool
 }
 
 // AccountHolder is implemented by a stream whose buffered bytes are accounted for the overload

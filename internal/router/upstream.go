@@ -455,7 +455,7 @@ func (r *routerFilter) handOff(att *attempt) bool {
 	// What only the handshake needed goes now: an idle tunnel should hold as little as possible.
 	r.upHeaders, r.respAdd, r.respDel = nil, nil, nil
 	u.resp = nil
-	if !taker.OfferTunnel(u.conn, &r.wsUp) {
+	if !taker.OfferTunnel(u.conn, &r.wsUp, func() func() { return r.detach(u) }) {
 		r.handedOff.Store(false)
 		if r.goAway.Load() {
 			r.OnDrainDeadline() // it came while the offer was out, and did nothing
@@ -473,4 +473,28 @@ func (r *routerFilter) handOff(att *attempt) bool {
 	}
 	u.raw = nil
 	return true
+}
+
+// detach ends the router's part in a tunnel the engine took: the route timer, anything held for a
+// retry, the account's charge. What it returns ends the upstream connection's and the request's
+// accounting when the tunnel ends, and refers to nothing else of the router.
+func (r *routerFilter) detach(u *h1Upstream) (end func()) {
+	r.mu.Lock()
+	r.finished = true
+	if r.timer != nil {
+		r.timer.Stop()
+	}
+	r.queue, r.retained = nil, nil
+	r.account()
+	r.mu.Unlock()
+	closeUp, ok := cluster.SocketTaken(u.conn)
+	if !ok {
+		conn := u.conn
+		closeUp = func() { conn.Close() }
+	}
+	cl := r.cl
+	return func() {
+		closeUp()
+		cl.EndRequest() // the tunnel's request lasted until now, not until run returned
+	}
 }

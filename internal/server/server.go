@@ -51,7 +51,7 @@ type Server struct {
 	mu     sync.Mutex
 	lns    []net.Listener
 	hcms   []*hcm.Manager
-	conns  map[net.Conn]struct{}
+	conns  map[*openConn]struct{}
 	quit   chan struct{}
 	quitMu sync.Once
 
@@ -68,7 +68,7 @@ func (s *Server) SetDrain(gradual bool, drainTime time.Duration) {
 func New(snap *config.Snapshot, log *slog.Logger) *Server {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Server{snap: snap, log: log, store: stats.NewStore(), ctx: ctx, cancel: cancel,
-		conns: map[net.Conn]struct{}{}, quit: make(chan struct{})}
+		conns: map[*openConn]struct{}{}, quit: make(chan struct{})}
 }
 
 // Stats is the server's stat store.
@@ -184,7 +184,8 @@ func (s *Server) accept(r *activeListener) {
 			s.overload.releaseConn()
 			return
 		}
-		s.conns[nc] = struct{}{}
+		oc := &openConn{nc: nc}
+		s.conns[oc] = struct{}{}
 		s.mu.Unlock()
 		cxT.Inc()
 		cxA.Inc()
@@ -200,9 +201,16 @@ func (s *Server) accept(r *activeListener) {
 			cxA.Dec()
 			cxD.Inc()
 			s.mu.Lock()
-			delete(s.conns, nc)
+			delete(s.conns, oc)
 			s.mu.Unlock()
 			s.wg.Done()
+		}
+		// The tunnel engine took the socket: the net.Conn is closed, and an idle tunnel should
+		// not keep it. Close reaches the tunnel through the HCM's AbortTunnels.
+		detached := func() {
+			s.mu.Lock()
+			oc.nc = nil
+			s.mu.Unlock()
 		}
 		go func() {
 			if r.limit != nil && !admitted {
@@ -210,10 +218,14 @@ func (s *Server) accept(r *activeListener) {
 				ended()
 				return
 			}
-			m.ServeConn(s.ctx, nc, ended)
+			m.ServeConn(s.ctx, nc, hcm.ConnHooks{Ended: ended, Detached: detached})
 		}()
 	}
 }
+
+// openConn is an accepted connection in Server.conns; nc is nil once the tunnel engine has its
+// socket.
+type openConn struct{ nc net.Conn }
 
 // refuse is the connection_limit filter closing a connection over the limit: it is held for
 // delay without being read (so a client cannot retry at once), then closed with no response. As
@@ -335,7 +347,12 @@ func (s *Server) Close() {
 	for _, ln := range s.lns {
 		ln.Close()
 	}
-	conns := s.conns
+	var conns []net.Conn
+	for oc := range s.conns {
+		if oc.nc != nil {
+			conns = append(conns, oc.nc)
+		}
+	}
 	s.conns = nil
 	hcms := s.hcms
 	s.mu.Unlock()
@@ -343,7 +360,7 @@ func (s *Server) Close() {
 	for _, m := range hcms {
 		m.AbortTunnels()
 	}
-	for nc := range conns {
+	for _, nc := range conns {
 		nc.Close()
 	}
 	s.wg.Wait()
