@@ -203,6 +203,7 @@ type ServerConn struct {
 	shutdownTimer    *time.Timer
 	closing          bool // a final GOAWAY is out; the connection ends when the writer is done
 	closeWriteQueued bool
+	writing          bool // the writer goroutine or a stream's direct write has the socket
 	writerClosed     bool
 	closed           bool // the socket is closed
 	err              error

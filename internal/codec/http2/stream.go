@@ -211,6 +211,18 @@ func (s *ServerStream) WriteData(p []byte, end bool) error {
 		last := n == int64(len(p))
 		s.sendWin -= n
 		c.sendWin -= n
+		if c.canWriteDirectLocked() {
+			if end && last {
+				c.endLocalLocked(s) // closed before the peer can see the END_STREAM
+			}
+			if err := c.writeDataDirectLocked(s, p[:n], end && last); err != nil {
+				return c.connLostLocked()
+			}
+			if p = p[n:]; last {
+				return nil
+			}
+			continue
+		}
 		if !c.enqueueLocked(outFrame{kind: outData, s: s, id: s.id, data: p[:n], end: end && last}) {
 			return c.connLostLocked()
 		}

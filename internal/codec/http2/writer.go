@@ -74,15 +74,17 @@ func (c *ServerConn) enqueueLocked(f outFrame) bool {
 	return true
 }
 
-// writeLoop is the connection's only writer: it owns the Framer's write side, the HPACK encoder
-// and the buffered socket writer. It takes the whole queue at a time, writes it, and flushes when
-// nothing more is waiting. Frames stay counted against the outbound limits until written.
+// writeLoop is the connection's writer goroutine. Whoever writes — this loop, or a stream
+// writing its own DATA while the queue is empty (writeDataDirectLocked) — holds c.writing, which
+// gives it the Framer's write side, the HPACK encoder and the buffered socket writer. The loop
+// takes the whole queue at a time, writes it, and flushes when nothing more is waiting. Frames stay
+// counted against the outbound limits until written.
 func (c *ServerConn) writeLoop() {
 	var batch []outFrame
 	defer c.writerExit(&batch)
 	for {
 		c.mu.Lock()
-		for len(c.queue) == 0 && !c.closed {
+		for (len(c.queue) == 0 || c.writing) && !c.closed {
 			c.wcond.Wait()
 		}
 		if c.closed {
@@ -90,6 +92,7 @@ func (c *ServerConn) writeLoop() {
 			return
 		}
 		batch, c.queue = c.queue, batch[:0]
+		c.writing = true
 		c.mu.Unlock()
 
 		var err error
@@ -112,12 +115,14 @@ func (c *ServerConn) writeLoop() {
 		if err == nil && (!more || stop) {
 			err = c.bw.Flush()
 		}
+		c.mu.Lock()
+		c.writing = false
 		if err != nil {
-			c.mu.Lock()
 			c.abortLocked(err)
 			c.mu.Unlock()
 			return
 		}
+		c.mu.Unlock()
 		if stop {
 			if cw, ok := c.nc.(interface{ CloseWrite() error }); ok {
 				_ = cw.CloseWrite()
@@ -125,6 +130,51 @@ func (c *ServerConn) writeLoop() {
 			return
 		}
 		clear(batch)
+	}
+}
+
+// canWriteDirectLocked reports whether a stream may write its DATA itself: nothing is queued
+// (so nothing queued earlier, such as its own HEADERS, would be overtaken) and no one is writing.
+// That saves two goroutine switches per message — waking the writer, and the writer waking the
+// stream back — which was most of a tunnel's cost per message.
+func (c *ServerConn) canWriteDirectLocked() bool {
+	return len(c.queue) == 0 && !c.writing && !c.closed && !c.writerClosed && !c.closeWriteQueued
+}
+
+// writeDataDirectLocked writes DATA for s on the caller's goroutine and flushes. Called with c.mu
+// held and canWriteDirectLocked true; c.mu is released during the write. Frames queued meanwhile
+// wait for the writer goroutine, which is woken once the socket is free again.
+func (c *ServerConn) writeDataDirectLocked(s *ServerStream, p []byte, end bool) error {
+	c.writing = true
+	maxFrame := int(c.peerMaxFrame)
+	c.mu.Unlock()
+	err := c.writeDataFrames(s.id, p, end, maxFrame)
+	if err == nil {
+		err = c.bw.Flush()
+	}
+	c.mu.Lock()
+	c.writing = false
+	if err != nil {
+		c.abortLocked(err)
+		return err
+	}
+	if len(c.queue) > 0 {
+		c.wcond.Signal()
+	}
+	return nil
+}
+
+// writeDataFrames frames p as DATA no larger than maxFrame. The caller holds c.writing.
+func (c *ServerConn) writeDataFrames(id uint32, p []byte, end bool, maxFrame int) error {
+	for {
+		n := min(len(p), maxFrame)
+		if err := c.fr.WriteData(id, end && n == len(p), p[:n]); err != nil {
+			return err
+		}
+		c.dataFramesSent.Add(1)
+		if p = p[n:]; len(p) == 0 {
+			return nil
+		}
 	}
 }
 
@@ -220,16 +270,7 @@ func (c *ServerConn) writeData(f *outFrame) error {
 	dead, maxFrame := c.streamState(s)
 	var err error
 	if !dead {
-		for p := f.data; ; {
-			n := min(len(p), maxFrame)
-			if err = c.fr.WriteData(f.id, f.end && n == len(p), p[:n]); err != nil {
-				break
-			}
-			c.dataFramesSent.Add(1)
-			if p = p[n:]; len(p) == 0 {
-				break
-			}
-		}
+		err = c.writeDataFrames(f.id, f.data, f.end, maxFrame)
 	}
 	c.mu.Lock()
 	if dead && len(f.data) > 0 {

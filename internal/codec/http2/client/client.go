@@ -24,6 +24,7 @@ import (
 	"math"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	h2 "golang.org/x/net/http2"
@@ -150,7 +151,13 @@ type ClientConn struct {
 	br    *bufio.Reader // rfr's reader
 	wuBuf [4]byte       // a WINDOW_UPDATE payload
 
-	// owned by the writer goroutine
+	// pending counts requests enqueued and not yet written; wlock is held by whoever writes —
+	// the writer goroutine, or a stream writing its own DATA while nothing is pending
+	// (writeDirect) — and gives it everything below.
+	pending atomic.Int32
+	wlock   sync.Mutex
+
+	// owned by the holder of wlock
 	wfr       *h2.Framer
 	bw        *bufio.Writer
 	dw        *deadlineWriter
@@ -531,6 +538,7 @@ func (c *ClientConn) closeIfIdleLocked() {
 
 // enqueue hands a frame to the writer, blocking while the queue is full.
 func (c *ClientConn) enqueue(req writeReq) error {
+	c.pending.Add(1)
 	select {
 	case c.wq <- req:
 		return nil
@@ -541,9 +549,36 @@ func (c *ClientConn) enqueue(req writeReq) error {
 		case c.wq <- req:
 			return nil
 		case <-c.writerDone:
+			c.pending.Add(-1)
 			return ErrConnClosed
 		}
 	}
+}
+
+// writeDirect writes a DATA request on the caller's goroutine and flushes, when nothing is
+// pending (so nothing enqueued earlier, such as the stream's HEADERS, would be overtaken) and no
+// one is writing. That saves waking the writer goroutine and being woken back by it, two
+// goroutine switches per message. ok is false when the request must be enqueued instead.
+func (c *ClientConn) writeDirect(req writeReq) (ok bool, err error) {
+	if c.pending.Load() != 0 || !c.wlock.TryLock() {
+		return false, nil
+	}
+	defer c.wlock.Unlock()
+	select {
+	case <-c.closing:
+		return false, nil // the writer drains and closes; keep to its order
+	default:
+	}
+	if c.pending.Load() != 0 {
+		return false, nil
+	}
+	if err = c.write(req); err == nil {
+		c.flush()
+		if c.werr != nil {
+			err = fmt.Errorf("%w: %v", ErrConnLost, c.werr)
+		}
+	}
+	return true, err
 }
 
 // waitDone waits for the writer's answer to a request that carried done.

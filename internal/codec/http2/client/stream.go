@@ -218,6 +218,13 @@ func (s *ClientStream) Write(p []byte, end bool) error {
 			}
 		}
 		c.mu.Unlock()
+		if ok, err := c.writeDirect(req); ok {
+			if err != nil || last {
+				return err
+			}
+			p = p[n:]
+			continue
+		}
 		if err := c.enqueue(req); err != nil {
 			return err
 		}

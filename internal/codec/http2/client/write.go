@@ -54,12 +54,17 @@ func (c *ClientConn) writeLoop() {
 	for {
 		select {
 		case req := <-c.wq:
-			c.write(req)
+			c.wlock.Lock()
+			c.writeAndAnswer(req)
+			c.pending.Add(-1)
 			if len(c.wq) == 0 {
 				c.flush()
 			}
+			c.wlock.Unlock()
 		case <-c.closing:
+			c.wlock.Lock()
 			c.drainAndClose()
+			c.wlock.Unlock()
 			return
 		}
 	}
@@ -72,7 +77,8 @@ func (c *ClientConn) drainAndClose() {
 	for {
 		select {
 		case req := <-c.wq:
-			c.write(req)
+			c.writeAndAnswer(req)
+			c.pending.Add(-1)
 			continue
 		default:
 		}
@@ -112,11 +118,17 @@ func (c *ClientConn) writeFailed(err error) {
 	c.mu.Unlock()
 }
 
-// write writes one request and answers its done channel. A request the writer can no longer
-// send (the socket failed earlier) gets ErrConnClosed for HEADERS (never sent) and ErrConnLost
-// for DATA (the stream is in flight).
-func (c *ClientConn) write(req writeReq) {
-	var err error
+// writeAndAnswer writes one request and answers its done channel.
+func (c *ClientConn) writeAndAnswer(req writeReq) {
+	err := c.write(req)
+	if req.done != nil {
+		req.done <- err
+	}
+}
+
+// write writes one request. A request that can no longer be sent (the socket failed earlier)
+// gets ErrConnClosed for HEADERS (never sent) and ErrConnLost for DATA (the stream is in flight).
+func (c *ClientConn) write(req writeReq) (err error) {
 	switch {
 	case c.werr != nil && req.kind == wHeaders:
 		err = ErrConnClosed
@@ -127,9 +139,7 @@ func (c *ClientConn) write(req writeReq) {
 			err = fmt.Errorf("%w: %v", ErrConnLost, err)
 		}
 	}
-	if req.done != nil {
-		req.done <- err
-	}
+	return err
 }
 
 // writeFrame writes one request. Errors from the socket fail the connection; errors about one
