@@ -33,6 +33,10 @@ type Buffer struct {
 // until the buffer has been passed on.
 func Wrap(p []byte) *Buffer { return &Buffer{b: p} }
 
+// SetBytes makes p the buffer's contents without copying, as Wrap does: a pump reuses one Buffer
+// for every message instead of allocating one each (whoever keeps bytes past the call copies them).
+func (b *Buffer) SetBytes(p []byte) { b.b = p }
+
 // Len is the number of bytes held.
 func (b *Buffer) Len() int {
 	if b == nil {

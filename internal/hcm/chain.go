@@ -69,6 +69,7 @@ func (it *iterator) pushData(b *buffer.Buffer, end bool) {
 	if it.aborted() {
 		return
 	}
+	owned := false // b is a stage's held buffer, not the caller's
 	for i := 0; i < len(it.stages) && i < it.seen; i++ {
 		s := it.stages[i]
 		if s.held != nil && s.held.Len() > 0 {
@@ -76,13 +77,20 @@ func (it *iterator) pushData(b *buffer.Buffer, end bool) {
 			s.held.Append(b)
 			b = s.held
 			s.held = nil
+			owned = true
 		}
 		st := s.data(b, end)
 		if it.aborted() {
 			return
 		}
 		if st == filter.StopAndBuffer && !end {
-			b.Own()
+			if !owned {
+				// The caller's Buffer (a pump reuses one per message) and its bytes (a pooled
+				// slab) are not ours to keep: hold a copy.
+				held := &buffer.Buffer{}
+				held.Append(b)
+				b = held
+			}
 			s.held = b
 			it.acct.Charge(b.Len())
 			if b.Len() > it.limit() {

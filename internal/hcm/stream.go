@@ -301,6 +301,7 @@ func (s *stream) pumpRequest() {
 	if s.expect100 {
 		s.down.continue100()
 	}
+	var b buffer.Buffer // reused for every slab: the chain copies what it keeps
 	for !s.aborted() && !(s.respFinished() && !tunnelMode) {
 		slab, n, err := s.down.read(tunnelMode)
 		if err != nil {
@@ -331,7 +332,8 @@ func (s *stream) pumpRequest() {
 		if tunnelMode {
 			s.upStats.BytesUp.Add(uint64(n))
 		}
-		s.dec.pushData(buffer.Wrap((*slab)[:n]), false)
+		b.SetBytes((*slab)[:n])
+		s.dec.pushData(&b, false)
 		buffer.PutSlab(slab)
 	}
 }

@@ -358,10 +358,12 @@ func (r *routerFilter) relay(att *attempt, resp *upResponse, reusable bool) {
 		return
 	}
 	r.cb.EncodeHeaders(h, false)
+	var b buffer.Buffer // reused for every slab: the chain copies what it keeps
 	for {
 		slab, n, err := up.read()
 		if n > 0 {
-			r.cb.EncodeData(buffer.Wrap((*slab)[:n]), false)
+			b.SetBytes((*slab)[:n])
+			r.cb.EncodeData(&b, false)
 			buffer.PutSlab(slab)
 		}
 		if err == io.EOF {
@@ -427,6 +429,7 @@ func (r *routerFilter) tunnel(att *attempt, resp *upResponse) {
 		return
 	}
 
+	var b buffer.Buffer // reused for every slab: the chain copies what it keeps
 	for {
 		slab, n, err := up.read()
 		if err != nil {
@@ -437,7 +440,8 @@ func (r *routerFilter) tunnel(att *attempt, resp *upResponse) {
 			}
 			return
 		}
-		r.cb.EncodeData(buffer.Wrap((*slab)[:n]), false)
+		b.SetBytes((*slab)[:n])
+		r.cb.EncodeData(&b, false)
 		buffer.PutSlab(slab)
 	}
 }
