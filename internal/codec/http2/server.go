@@ -161,6 +161,7 @@ type ServerConn struct {
 	cancel context.CancelFunc
 
 	// Owned by Serve's goroutine (the reader).
+	src      *FrameSource // what the Framer reads from
 	hdec     *hpack.Decoder
 	block    headerBlock
 	emptyRun int // consecutive empty HEADERS/CONTINUATION/DATA frames
@@ -204,9 +205,12 @@ type ServerConn struct {
 	closing          bool // a final GOAWAY is out; the connection ends when the writer is done
 	closeWriteQueued bool
 	writing          bool // the writer goroutine or a stream's direct write has the socket
+	raw              bool // the reader reads the socket itself (serveRaw): close it asynchronously
 	writerClosed     bool
 	closed           bool // the socket is closed
 	err              error
+
+	rawStop atomic.Bool // set with closed: serveRaw stops at the next frame
 }
 
 // headerBlock is the header block being decoded, filled by the HPACK emit callback.
@@ -243,7 +247,8 @@ func NewServerConn(nc net.Conn, br *bufio.Reader, cfg ServerConfig, handle func(
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.wcond.L = &c.mu
 	c.bw = bufio.NewWriterSize(deadlineWriter{nc: nc, timeout: cfg.WriteTimeout}, 16<<10)
-	c.fr = h2.NewFramer(c.bw, br)
+	c.src = NewFrameSource(br)
+	c.fr = h2.NewFramer(c.bw, c.src)
 	c.fr.SetMaxReadFrameSize(maxReadFrame)
 	c.fr.SetReuseFrames()
 	c.henc = hpack.NewEncoder(&c.hbuf)
@@ -323,7 +328,13 @@ func (c *ServerConn) serve() error {
 		_ = c.nc.SetReadDeadline(time.Time{})
 	}
 	c.mu.Unlock()
-	for err = c.onSettings(sf); err == nil; {
+	if err = c.onSettings(sf); err != nil {
+		return err
+	}
+	if rc, counter := RawSocket(c.nc); rc != nil {
+		return c.serveRaw(rc, counter)
+	}
+	for err == nil {
 		f, err = c.readFrame()
 		if se, ok := err.(h2.StreamError); ok {
 			err = c.peerStreamError(se)
@@ -451,7 +462,7 @@ func (c *ServerConn) emit(f hpack.HeaderField) {
 // and the connection ends.
 func (c *ServerConn) readBlock(f *h2.HeadersFrame) (*headerBlock, error) {
 	c.block = headerBlock{h: headers.New()}
-	limit := max(2*int(c.cfg.MaxHeaderListSize), 32<<10)
+	limit := max(2*int(c.cfg.MaxHeaderListSize), 32<<10) // serveRaw buffers up to this much too
 	frag, ended := f.HeaderBlockFragment(), f.HeadersEnded()
 	for encoded := 0; ; {
 		if encoded += len(frag); encoded > limit {
@@ -1074,7 +1085,15 @@ func (c *ServerConn) abortLocked(err error) {
 	}
 	c.ka.Stop()
 	c.cancel()
-	_ = c.nc.Close()
+	if c.raw {
+		// The reader holds the socket while it processes frames, and may be waiting for c.mu
+		// (or be the caller); Go's Close waits for every holder. Close from a goroutine of its
+		// own: it wakes the reader and the writer at once, and completes when they let go.
+		c.rawStop.Store(true)
+		go c.nc.Close()
+	} else {
+		_ = c.nc.Close()
+	}
 	for _, s := range c.active {
 		c.closeStreamLocked(s, &StreamError{Code: h2.ErrCodeCancel, Conn: true})
 		s.cond.Broadcast()

@@ -148,14 +148,17 @@ type ClientConn struct {
 
 	// owned by the reader goroutine
 	rfr   *h2.Framer
-	br    *bufio.Reader // rfr's reader
-	wuBuf [4]byte       // a WINDOW_UPDATE payload
+	br    *bufio.Reader      // under src
+	src   *http2.FrameSource // rfr's reader
+	wuBuf [4]byte            // a WINDOW_UPDATE payload
 
 	// pending counts requests enqueued and not yet written; wlock is held by whoever writes —
 	// the writer goroutine, or a stream writing its own DATA while nothing is pending
 	// (writeDirect) — and gives it everything below.
 	pending atomic.Int32
 	wlock   sync.Mutex
+
+	rawStop atomic.Bool // set when closing begins: the reader stops at the next frame
 
 	// owned by the holder of wlock
 	wfr       *h2.Framer
@@ -235,7 +238,8 @@ func NewClientConn(nc net.Conn, cfg Config) (*ClientConn, error) {
 	c.henc.SetMaxDynamicTableSizeLimit(hpackTableLimit)
 
 	c.br = bufio.NewReaderSize(nc, bufSize)
-	c.rfr = h2.NewFramer(nil, c.br)
+	c.src = http2.NewFrameSource(c.br)
+	c.rfr = h2.NewFramer(nil, c.src)
 	c.rfr.SetReuseFrames()
 	c.rfr.SetMaxReadFrameSize(defaultFrameSize)
 	c.rfr.MaxHeaderListSize = cfg.MaxHeaderListSize
@@ -488,6 +492,7 @@ func (c *ClientConn) closeLocked(cause error, goAway bool, code ErrCode) {
 		return
 	}
 	c.closed = true
+	c.rawStop.Store(true)
 	c.closeErr = cause
 	c.ka.Stop()
 	c.goAwayOnClose = goAway

@@ -50,7 +50,7 @@ type rpend []writeReq
 func (c *ClientConn) readFrames() error {
 	var pend rpend
 	first := true
-	for {
+	next := func() error {
 		err := c.readFrame(first, &pend)
 		if err != nil {
 			return err
@@ -61,6 +61,23 @@ func (c *ClientConn) readFrames() error {
 			pend[i] = writeReq{}
 		}
 		pend = pend[:0]
+		return nil
+	}
+	if rc, counter := http2.RawSocket(c.nc); rc != nil {
+		// See http2.FrameSource: no read that only says EAGAIN after each message. Every Close
+		// of the socket happens outside c.mu, and closing sets rawStop, so the reader, which holds
+		// the socket while it handles a frame, lets go promptly.
+		blockLimit := max(2*int(c.cfg.MaxHeaderListSize), 32<<10)
+		err := c.src.Serve(rc, counter, blockLimit, &c.rawStop, next)
+		if errors.Is(err, http2.ErrBlockInTooManyFrames) {
+			return connError{h2.ErrCodeEnhanceYourCalm, "header block in too many frames"}
+		}
+		return err
+	}
+	for {
+		if err := next(); err != nil {
+			return err
+		}
 	}
 }
 
@@ -112,7 +129,7 @@ func (c *ClientConn) readWindowUpdate(fh h2.FrameHeader, pend *rpend) error {
 		return connError{h2.ErrCodeFrameSize, "WINDOW_UPDATE length is not 4"}
 	}
 	p := c.wuBuf[:]
-	if _, err := io.ReadFull(c.br, p); err != nil {
+	if _, err := io.ReadFull(c.src, p); err != nil {
 		return err
 	}
 	inc := binary.BigEndian.Uint32(p) & 0x7fffffff

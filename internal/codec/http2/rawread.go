@@ -1,0 +1,265 @@
+package http2
+
+import (
+	"bufio"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	h2 "golang.org/x/net/http2"
+)
+
+// The reader of a plain TCP connection (server and client codecs) reads the socket itself, inside one syscall.RawConn.Read,
+// and processes every complete frame before it reads again. That lets it skip the read that would
+// only say "nothing more" (EAGAIN): after a read that did not fill the buffer the socket was
+// drained, so the reader goes straight back to waiting for Go's poller. Go's own Read cannot skip
+// it — each call starts by forgetting any readiness already signalled — and on this kind of VM
+// that read costs about 2 µs, one per client message. Frame processing never blocks (it queues
+// frames for the writer and hands DATA to streams), so holding the socket's read side while it
+// runs delays nothing but Close, which abortLocked does from a goroutine of its own.
+
+// frameBufSize holds a largest frame (9 + 16384 bytes) with room to read more behind it.
+const frameBufSize = 32 << 10
+
+var frameBufs = sync.Pool{New: func() any { b := make([]byte, frameBufSize); return &b }}
+
+// FrameSource is what a connection's Framer reads from: a bufio.Reader (TLS, or before Serve
+// takes over), then, in Serve, a pooled buffer that holds only whole frames when the Framer reads
+// it and goes back to the pool whenever it is empty, so an idle connection holds none. Owned by
+// the connection's reader goroutine.
+type FrameSource struct {
+	br   *bufio.Reader
+	raw  bool
+	buf  *[]byte
+	r, w int // unparsed bytes are (*buf)[r:w]
+}
+
+// NewFrameSource reads from br until Serve takes over.
+func NewFrameSource(br *bufio.Reader) *FrameSource { return &FrameSource{br: br} }
+
+// Reader is the bufio.Reader the source reads from outside Serve.
+func (s *FrameSource) Reader() *bufio.Reader { return s.br }
+
+func (s *FrameSource) Read(p []byte) (int, error) {
+	if !s.raw {
+		return s.br.Read(p)
+	}
+	if s.r == s.w {
+		// serveRaw parses whole frames only; this is a header block in more frames than complete
+		// waits for.
+		return 0, ErrBlockInTooManyFrames
+	}
+	n := copy(p, (*s.buf)[s.r:s.w])
+	s.r += n
+	return n, nil
+}
+
+// ErrBlockInTooManyFrames is a header block split into more frames than Serve waits for.
+var ErrBlockInTooManyFrames = errors.New("http2: header block in too many frames")
+
+// complete reports whether the next frame can be processed without reading: it is all buffered
+// — or its header announces more than we accept, which the Framer then refuses. A HEADERS frame
+// without END_HEADERS needs its CONTINUATION frames too (readBlock reads them in one go), up to
+// blockLimit bytes of header block, past which readBlock refuses the block, and 2×blockLimit bytes
+// of frames: a block in tiny or empty frames (the CONTINUATION flood) is then read as far as it
+// came, and readBlock's checks, or Read running dry, end the connection.
+func (s *FrameSource) complete(blockLimit int) bool {
+	if s.w-s.r < frameHeaderLen {
+		return false
+	}
+	b := (*s.buf)[s.r:s.w]
+	n := frameLen(b)
+	if n > maxReadFrame {
+		return true
+	}
+	if len(b) < frameHeaderLen+n {
+		return false
+	}
+	if h2.FrameType(b[3]) != h2.FrameHeaders || h2.Flags(b[4]).Has(h2.FlagHeadersEndHeaders) {
+		return true
+	}
+	block := n // the fragment: the payload less padding and priority
+	if h2.Flags(b[4]).Has(h2.FlagHeadersPadded) && n > 0 {
+		block -= 1 + int(b[frameHeaderLen])
+	}
+	if h2.Flags(b[4]).Has(h2.FlagHeadersPriority) {
+		block -= 5
+	}
+	for off := frameHeaderLen + n; block <= blockLimit && off <= 2*blockLimit; {
+		if len(b) < off+frameHeaderLen {
+			return false
+		}
+		m := frameLen(b[off:])
+		if m > maxReadFrame || h2.FrameType(b[off+3]) != h2.FrameContinuation {
+			return true // the Framer refuses it
+		}
+		if len(b) < off+frameHeaderLen+m {
+			return false
+		}
+		if h2.Flags(b[off+4]).Has(h2.FlagContinuationEndHeaders) {
+			return true
+		}
+		block += m
+		off += frameHeaderLen + m
+	}
+	return true
+}
+
+const frameHeaderLen = 9
+
+func frameLen(b []byte) int { return int(b[0])<<16 | int(b[1])<<8 | int(b[2]) }
+
+// space returns where the next read goes, moving a partial frame to the front first, and
+// growing the buffer when a header block waiting for its CONTINUATION frames fills it.
+func (s *FrameSource) space() []byte {
+	if s.buf == nil {
+		s.buf = frameBufs.Get().(*[]byte)
+		s.r, s.w = 0, 0
+	}
+	if s.r > 0 {
+		s.w = copy(*s.buf, (*s.buf)[s.r:s.w])
+		s.r = 0
+	}
+	if s.w == len(*s.buf) {
+		grown := make([]byte, 2*len(*s.buf))
+		copy(grown, *s.buf)
+		s.buf = &grown
+	}
+	return (*s.buf)[s.w:]
+}
+
+// release returns an empty buffer to the pool (a grown one to the garbage collector).
+func (s *FrameSource) release() {
+	if s.buf != nil && s.r == s.w {
+		if len(*s.buf) == frameBufSize {
+			frameBufs.Put(s.buf)
+		}
+		s.buf = nil
+	}
+}
+
+// ReadCounter is a connection wrapper that counts the bytes read through it (the HCM's rx
+// counter), told of the bytes read from the socket underneath.
+type ReadCounter interface{ CountRead(n int) }
+
+// RawSocket finds the TCP socket under nc's wrappers, unless one of them is TLS (its records need
+// decrypting: the generic path reads those). counter is nc itself when it counts reads.
+func RawSocket(nc net.Conn) (syscall.RawConn, ReadCounter) {
+	counter, _ := nc.(ReadCounter)
+	for c := nc; ; {
+		switch v := c.(type) {
+		case *tls.Conn:
+			return nil, nil
+		case *net.TCPConn:
+			rc, err := v.SyscallConn()
+			if err != nil {
+				return nil, nil
+			}
+			return rc, counter
+		case interface{ NetConn() net.Conn }:
+			c = v.NetConn()
+		default:
+			return nil, nil
+		}
+	}
+}
+
+// Serve reads the socket and calls next for each frame that can be processed whole (next reads it
+// through the source), until next fails, the socket ends, or stop is set; it returns why.
+// blockLimit bounds how much header block it waits for (see complete). What is buffered in the
+// source's bufio.Reader is read first; afterwards it reads from that Reader again.
+func (s *FrameSource) Serve(rc syscall.RawConn, counter ReadCounter, blockLimit int, stop *atomic.Bool, next func() error) error {
+	if n := s.br.Buffered(); n > 0 {
+		s.space()
+		p, _ := s.br.Peek(n)
+		s.w = copy(*s.buf, p)
+		s.br.Discard(n)
+	}
+	s.raw = true
+	defer func() {
+		s.r, s.w = 0, 0
+		s.release()
+		s.raw = false
+	}()
+	var why error
+	drained := false
+	err := rc.Read(func(fd uintptr) bool {
+		for {
+			for s.complete(blockLimit) {
+				if stop.Load() {
+					why = net.ErrClosed
+					return true
+				}
+				if err := next(); err != nil {
+					why = err
+					return true
+				}
+			}
+			if drained {
+				// The last read emptied the socket: wait for the poller's next word, without the
+				// read that would only say EAGAIN.
+				drained = false
+				s.release()
+				return false
+			}
+			p := s.space()
+			n, err := syscall.Read(int(fd), p)
+			switch {
+			case err == syscall.EINTR:
+				continue
+			case err == syscall.EAGAIN:
+				s.release()
+				return false
+			case err != nil:
+				why = &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("read", err)}
+				return true
+			case n == 0:
+				why = io.EOF
+				return true
+			}
+			s.w += n
+			if counter != nil {
+				counter.CountRead(n)
+			}
+			drained = n < len(p)
+		}
+	})
+	if why != nil {
+		return why
+	}
+	return err
+}
+
+// serveRaw reads and processes frames from the socket until the connection ends; it returns why,
+// as serve does.
+func (c *ServerConn) serveRaw(rc syscall.RawConn, counter ReadCounter) error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return errClosed
+	}
+	c.raw = true
+	c.mu.Unlock()
+	blockLimit := max(2*int(c.cfg.MaxHeaderListSize), 32<<10) // as readBlock
+	err := c.src.Serve(rc, counter, blockLimit, &c.rawStop, func() error {
+		f, err := c.readFrame()
+		if se, ok := err.(h2.StreamError); ok {
+			return c.peerStreamError(se)
+		} else if err != nil {
+			return err
+		}
+		return c.processFrame(f)
+	})
+	switch {
+	case errors.Is(err, ErrBlockInTooManyFrames):
+		return connErr(h2.ErrCodeEnhanceYourCalm, "header block in too many frames")
+	case errors.Is(err, net.ErrClosed) && c.rawStop.Load():
+		return errClosed
+	}
+	return err
+}
