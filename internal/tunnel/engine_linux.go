@@ -159,7 +159,7 @@ func (e *Engine) Start(opt Options) (*Tunnel, error) {
 	return t, nil
 }
 
-// dupSocket duplicates c's descriptor (close-on-exec, non-blocking, like Go's own).
+// dupSocket duplicates c's descriptor (close-on-exec, and non-blocking like Go's own).
 func dupSocket(c *net.TCPConn) (int, error) {
 	rc, err := c.SyscallConn()
 	if err != nil {
@@ -179,10 +179,8 @@ func dupSocket(c *net.TCPConn) (int, error) {
 	if derr != nil {
 		return -1, derr
 	}
-	if err := syscall.SetNonblock(nfd, true); err != nil {
-		syscall.Close(nfd)
-		return -1, err
-	}
+	// Non-blocking already: O_NONBLOCK belongs to the open file description, which the duplicate
+	// shares with Go's descriptor (Go opens every socket non-blocking).
 	return nfd, nil
 }
 
