@@ -490,7 +490,15 @@ func (r *routerFilter) detach(u *h1Upstream) (end func()) {
 	}
 	r.queue, r.retained = nil, nil
 	r.account()
+	// handOff may not have stopped the watch on the stream's context yet, and the stream cancels
+	// its context once it has parked: the watch must not see that as a reset and end the
+	// connection's accounting while the tunnel runs.
+	stop := r.stopCtx
+	r.stopCtx = nil
 	r.mu.Unlock()
+	if stop != nil {
+		stop()
+	}
 	closeUp, ok := cluster.SocketTaken(u.conn)
 	if !ok {
 		conn := u.conn
