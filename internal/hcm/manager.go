@@ -306,6 +306,9 @@ func (c *countingConn) Write(p []byte) (int, error) {
 // CountRead counts bytes a tunnel read from the socket underneath (tunnel.SlabReader's fast path).
 func (c *countingConn) CountRead(n int) { c.rx.Add(uint64(n)) }
 
+// CountWrite counts bytes written to the socket underneath (the HTTP/2 codec's vectored writes).
+func (c *countingConn) CountWrite(n int) { c.tx.Add(uint64(n)) }
+
 // NetConn exposes the socket so the tunnel can wait for readability without a buffer.
 func (c *countingConn) NetConn() net.Conn { return c.Conn }
 

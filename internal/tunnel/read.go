@@ -148,7 +148,7 @@ func (r *SlabReader) Read() (*[]byte, int, error) {
 		for {
 			var err error
 			if r.readFirst {
-				r.slab = buffer.GetSlab()
+				r.slab = buffer.GetBigSlab() // bulk data is streaming: read as much as a message
 				err = r.rc.Read(r.read)
 			} else {
 				// Wait and read in one call; a read that filled the stack buffer may have more
@@ -212,7 +212,12 @@ func ReadSlabFrom(r io.Reader) (*[]byte, int, error) {
 	// only after 10 ms: with the CPU saturated, a hundred busy tunnels made a quiet tunnel and the
 	// admin endpoint wait seconds. Yielding once per slab bounds the wait to one slab per pump.
 	runtime.Gosched()
-	slab := buffer.GetSlab()
+	var slab *[]byte
+	if b, ok := r.(interface{ Buffered() int }); ok && b.Buffered() > buffer.SlabSize {
+		slab = buffer.GetBigSlab() // an HTTP/2 stream with bulk data waiting: take it at once
+	} else {
+		slab = buffer.GetSlab()
+	}
 	n, err := r.Read(*slab)
 	if n == 0 {
 		buffer.PutSlab(slab)

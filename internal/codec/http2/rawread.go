@@ -23,8 +23,8 @@ import (
 // frames for the writer and hands DATA to streams), so holding the socket's read side while it
 // runs delays nothing but Close, which abortLocked does from a goroutine of its own.
 
-// frameBufSize holds a largest frame (9 + 16384 bytes) with room to read more behind it.
-const frameBufSize = 32 << 10
+// frameBufSize holds a 64 KiB message in frames (4 × (9 + 16384) bytes) with room to read more behind it.
+const frameBufSize = 96 << 10
 
 var frameBufs = sync.Pool{New: func() any { b := make([]byte, frameBufSize); return &b }}
 
@@ -147,26 +147,35 @@ func (s *FrameSource) release() {
 // counter), told of the bytes read from the socket underneath.
 type ReadCounter interface{ CountRead(n int) }
 
-// RawSocket finds the TCP socket under nc's wrappers, unless one of them is TLS (its records need
-// decrypting: the generic path reads those). counter is nc itself when it counts reads.
-func RawSocket(nc net.Conn) (syscall.RawConn, ReadCounter) {
-	counter, _ := nc.(ReadCounter)
+// plainTCP is the TCP socket under nc's wrappers, or nil when TLS or something else is between.
+func plainTCP(nc net.Conn) *net.TCPConn {
 	for c := nc; ; {
 		switch v := c.(type) {
 		case *tls.Conn:
-			return nil, nil
+			return nil
 		case *net.TCPConn:
-			rc, err := v.SyscallConn()
-			if err != nil {
-				return nil, nil
-			}
-			return rc, counter
+			return v
 		case interface{ NetConn() net.Conn }:
 			c = v.NetConn()
 		default:
-			return nil, nil
+			return nil
 		}
 	}
+}
+
+// RawSocket finds the TCP socket under nc's wrappers, unless one of them is TLS (its records need
+// decrypting: the generic path reads those). counter is nc itself when it counts reads.
+func RawSocket(nc net.Conn) (syscall.RawConn, ReadCounter) {
+	tc := plainTCP(nc)
+	if tc == nil {
+		return nil, nil
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return nil, nil
+	}
+	counter, _ := nc.(ReadCounter)
+	return rc, counter
 }
 
 // Serve reads the socket and calls next for each frame that can be processed whole (next reads it

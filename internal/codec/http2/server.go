@@ -205,6 +205,7 @@ type ServerConn struct {
 	closing          bool // a final GOAWAY is out; the connection ends when the writer is done
 	closeWriteQueued bool
 	writing          bool // the writer goroutine or a stream's direct write has the socket
+	vec              vectored
 	raw              bool // the reader reads the socket itself (serveRaw): close it asynchronously
 	writerClosed     bool
 	closed           bool // the socket is closed
@@ -247,6 +248,10 @@ func NewServerConn(nc net.Conn, br *bufio.Reader, cfg ServerConfig, handle func(
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.wcond.L = &c.mu
 	c.bw = bufio.NewWriterSize(deadlineWriter{nc: nc, timeout: cfg.WriteTimeout}, 16<<10)
+	if tc := plainTCP(nc); tc != nil {
+		c.vec.w, c.vec.timeout = tc, cfg.WriteTimeout
+		c.vec.counter, _ = nc.(interface{ CountWrite(n int) })
+	}
 	c.src = NewFrameSource(br)
 	c.fr = h2.NewFramer(c.bw, c.src)
 	c.fr.SetMaxReadFrameSize(maxReadFrame)

@@ -127,6 +127,14 @@ func (s *ServerStream) Read(p []byte) (int, error) {
 	}
 }
 
+// Buffered is how many request DATA bytes are waiting to be read, so a reader can take a larger
+// buffer when bulk data is queued.
+func (s *ServerStream) Buffered() int {
+	s.c.mu.Lock()
+	defer s.c.mu.Unlock()
+	return s.buf.n
+}
+
 // WaitReadable blocks until a Read would return at once — data, END_STREAM or an error — without
 // taking any bytes, so a caller borrows a buffer only when there is something to copy into it.
 func (s *ServerStream) WaitReadable() {

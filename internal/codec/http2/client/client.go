@@ -78,6 +78,9 @@ const (
 	assumedMaxStreams = 100   // before the peer's SETTINGS arrive (as x/net's Transport)
 	writeQueueLen     = 128
 	bufSize           = 64 << 10
+	maxDataChunk      = 64 << 10 // one DATA request to the writer: framed at the peer's MAX_FRAME_SIZE
+	minFrameSize      = 16384    // the smallest MAX_FRAME_SIZE a peer may set (RFC 9113 §6.5.2)
+	frameHeaderLen    = 9
 )
 
 // Errors that decide what the router and the pool do next (errors.Is).
@@ -232,7 +235,7 @@ func NewClientConn(nc net.Conn, cfg Config) (*ClientConn, error) {
 		wMaxFrame:      defaultFrameSize,
 	}
 	c.dw = &deadlineWriter{nc: nc, d: cfg.WriteTimeout}
-	c.bw = bufio.NewWriterSize(c.dw, bufSize)
+	c.bw = bufio.NewWriterSize(c.dw, bufSize+maxDataChunk/minFrameSize*frameHeaderLen) // a whole chunk's frames in one write
 	c.wfr = h2.NewFramer(c.bw, nil)
 	c.henc = hpack.NewEncoder(&c.hbuf)
 	c.henc.SetMaxDynamicTableSizeLimit(hpackTableLimit)

@@ -152,6 +152,14 @@ func (s *ClientStream) Read(p []byte) (int, error) {
 	}
 }
 
+// Buffered is how many response DATA bytes are waiting to be read, so a reader can take a larger
+// buffer when bulk data is queued.
+func (s *ClientStream) Buffered() int {
+	s.c.mu.Lock()
+	defer s.c.mu.Unlock()
+	return len(s.rbuf) - s.roff
+}
+
 // WaitReadable blocks until a Read would return at once — data, END_STREAM or an error — without
 // taking any bytes, so a caller borrows a buffer only when there is something to copy into it.
 func (s *ClientStream) WaitReadable() {
@@ -204,7 +212,7 @@ func (s *ClientStream) Write(p []byte, end bool) error {
 				}
 				continue
 			}
-			n = min(n, win, int64(c.peerMaxFrame))
+			n = min(n, win, maxDataChunk) // framed by the writer at the peer's MAX_FRAME_SIZE
 			s.sendWindow -= n
 			c.sendWindow -= n
 		}

@@ -182,7 +182,13 @@ func (c *ClientConn) writeFrame(req writeReq) error {
 			}
 			return serr
 		}
-		err = c.wfr.WriteData(s.id, req.end, req.data)
+		for p := req.data; ; {
+			n := min(len(p), int(c.wMaxFrame))
+			if err = c.wfr.WriteData(s.id, req.end && n == len(p), p[:n]); err != nil || n == len(p) {
+				break
+			}
+			p = p[n:]
+		}
 	case wRST:
 		if !req.s.rstSent {
 			req.s.rstSent = true
