@@ -14,16 +14,18 @@ import (
 	h2 "golang.org/x/net/http2"
 )
 
-// The reader of a plain TCP connection (server and client codecs) reads the socket itself, inside one syscall.RawConn.Read,
-// and processes every complete frame before it reads again. That lets it skip the read that would
-// only say "nothing more" (EAGAIN): after a read that did not fill the buffer the socket was
-// drained, so the reader goes straight back to waiting for Go's poller. Go's own Read cannot skip
-// it — each call starts by forgetting any readiness already signalled — and on this kind of VM
-// that read costs about 2 µs, one per client message. Frame processing never blocks (it queues
-// frames for the writer and hands DATA to streams), so holding the socket's read side while it
-// runs delays nothing but Close, which abortLocked does from a goroutine of its own.
+// The reader of a plain TCP connection (server and client codecs) reads the socket itself, inside
+// one syscall.RawConn.Read, and processes every complete frame before it reads again. That lets it
+// skip the read that would only say "nothing more" (EAGAIN): after a read that did not fill the
+// buffer the socket was drained, so the reader goes straight back to waiting for Go's poller. Go's
+// own Read cannot skip it — each call starts by forgetting any readiness already signalled — and on
+// this kind of VM that read costs about 2 µs, one per client message. Frame processing does not wait
+// for the network (it queues frames for the writer — the client's queue is bounded, so at worst it
+// waits for the writer — and hands DATA to streams), so holding the socket's read side while it runs
+// delays only Close: the codecs never close under their connection lock, the server closes from a
+// goroutine of its own, and a stop flag ends the reader at the next frame.
 
-// frameBufSize holds a 64 KiB message in frames (4 × (9 + 16384) bytes) with room to read more behind it.
+// frameBufSize holds a 64 KiB message in frames (4 × (9 + 16384) bytes) and room to read on.
 const frameBufSize = 96 << 10
 
 var frameBufs = sync.Pool{New: func() any { b := make([]byte, frameBufSize); return &b }}
