@@ -13,12 +13,12 @@ import (
 	"github.com/switchyard-proxy/switchyard/buffer"
 )
 
-// SlabReader is one pump's reader of a connection. It waits for readability without taking any
-// buffer — a one-byte MSG_PEEK into the stack — and then reads into a pooled slab, so an idle
-// tunnel holds no copy buffer; it keeps its raw connection and poller callback, so a read
-// allocates nothing. Connections that are not plain sockets skip the wait. Wrappers that expose
-// NetConn() (like *tls.Conn) are looked through: for TLS that only says a record has started to
-// arrive. Owned by one goroutine.
+// SlabReader is one pump's reader of a connection. It never parks holding a buffer, so an idle
+// tunnel holds no copy buffer: on a plain socket it reads into a slab borrowed for the call and
+// returned if nothing is there (see Read); otherwise it waits for readability with a one-byte
+// MSG_PEEK and then reads into a pooled slab. It keeps its raw connection and poller callbacks, so
+// a read allocates nothing. Wrappers that expose NetConn() (like *tls.Conn) are looked through:
+// for TLS the peek only says a record has started to arrive. Owned by one goroutine.
 type SlabReader struct {
 	c       net.Conn
 	rc      syscall.RawConn // nil: no socket to wait on
