@@ -30,6 +30,12 @@ const frameBufSize = 96 << 10
 
 var frameBufs = sync.Pool{New: func() any { b := make([]byte, frameBufSize); return &b }}
 
+// partialBufSize holds one frame: a connection waiting with part of a frame keeps the part in a
+// buffer this size, so a client that stalls mid-frame pins at most this much, not frameBufSize.
+const partialBufSize = frameHeaderLen + maxReadFrame
+
+var partialBufs = sync.Pool{New: func() any { b := make([]byte, partialBufSize); return &b }}
+
 // FrameSource is what a connection's Framer reads from: a bufio.Reader (TLS, or before Serve
 // takes over), then, in Serve, a pooled buffer that holds only whole frames when the Framer reads
 // it and goes back to the pool whenever it is empty, so an idle connection holds none. Owned by
@@ -119,9 +125,12 @@ func frameLen(b []byte) int { return int(b[0])<<16 | int(b[1])<<8 | int(b[2]) }
 // space returns where the next read goes, moving a partial frame to the front first, and
 // growing the buffer when a header block waiting for its CONTINUATION frames fills it.
 func (s *FrameSource) space() []byte {
-	if s.buf == nil {
+	switch {
+	case s.buf == nil:
 		s.buf = frameBufs.Get().(*[]byte)
 		s.r, s.w = 0, 0
+	case len(*s.buf) < frameBufSize:
+		s.move(frameBufs.Get().(*[]byte)) // a part kept small while waiting: read into a full buffer
 	}
 	if s.r > 0 {
 		s.w = copy(*s.buf, (*s.buf)[s.r:s.w])
@@ -135,14 +144,33 @@ func (s *FrameSource) space() []byte {
 	return (*s.buf)[s.w:]
 }
 
-// release returns an empty buffer to the pool (a grown one to the garbage collector).
+// release is called before the reader waits: an empty buffer goes back to its pool (a grown one to
+// the garbage collector), and a part of a frame moves into a one-frame buffer.
 func (s *FrameSource) release() {
-	if s.buf != nil && s.r == s.w {
-		if len(*s.buf) == frameBufSize {
-			frameBufs.Put(s.buf)
-		}
-		s.buf = nil
+	switch {
+	case s.buf == nil:
+	case s.r == s.w:
+		s.putBuf()
+	case s.w-s.r <= partialBufSize && len(*s.buf) > partialBufSize:
+		s.move(partialBufs.Get().(*[]byte))
 	}
+}
+
+// move puts the unparsed bytes at the start of b, which becomes the buffer.
+func (s *FrameSource) move(b *[]byte) {
+	n := copy(*b, (*s.buf)[s.r:s.w])
+	s.putBuf()
+	s.buf, s.r, s.w = b, 0, n
+}
+
+func (s *FrameSource) putBuf() {
+	switch len(*s.buf) {
+	case frameBufSize:
+		frameBufs.Put(s.buf)
+	case partialBufSize:
+		partialBufs.Put(s.buf)
+	}
+	s.buf = nil
 }
 
 // ReadCounter is a connection wrapper that counts the bytes read through it (the HCM's rx
