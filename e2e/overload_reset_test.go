@@ -57,6 +57,24 @@ func answered(t *testing.T, name string, c, u *harness.RawConn) {
 	}
 }
 
+// resetOnMonitor is an overload_manager body with one resource monitor (name, its config's @type
+// and one field) scaling reset_high_memory_stream from 0 to 1, tracking streams from 4 KiB.
+func resetOnMonitor(name, typ, field string) string {
+	return fmt.Sprintf(`  refresh_interval: 0.05s
+  buffer_factory_config: {minimum_account_to_track_power_of_two: 12}
+  resource_monitors:
+  - name: %[1]s
+    typed_config:
+      "@type": %[2]s
+      %[3]s
+  actions:
+  - name: envoy.overload_actions.reset_high_memory_stream
+    triggers:
+    - name: %[1]s
+      scaled: {scaling_threshold: 0, saturation_threshold: 1}
+`, name, typ, field)
+}
+
 // TestResetHighMemoryStream is Envoy's ResetsExpensiveStreamsWhenUpstreamBuffersTakeTooMuchSpace-
 // AndOverloaded. Requests of 4, 8 and 16 KiB wait for their response; with
 // minimum_account_to_track_power_of_two 12 they sit in classes 1, 2 and 3. The action's trigger is
@@ -67,19 +85,10 @@ func answered(t *testing.T, name string, c, u *harness.RawConn) {
 func TestResetHighMemoryStream(t *testing.T) {
 	t.Parallel()
 	up := harness.NewRawUpstream(t)
-	yaml := withOverload(harness.Config{UpstreamPort: up.Port()}.YAML(), `  refresh_interval: 0.05s
-  buffer_factory_config: {minimum_account_to_track_power_of_two: 12}
-  resource_monitors:
-  - name: envoy.resource_monitors.global_downstream_max_connections
-    typed_config:
-      "@type": type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig
-      max_active_downstream_connections: 16
-  actions:
-  - name: envoy.overload_actions.reset_high_memory_stream
-    triggers:
-    - name: envoy.resource_monitors.global_downstream_max_connections
-      scaled: {scaling_threshold: 0, saturation_threshold: 1}
-`)
+	yaml := withOverload(harness.Config{UpstreamPort: up.Port()}.YAML(), resetOnMonitor(
+		"envoy.resource_monitors.global_downstream_max_connections",
+		"type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+		"max_active_downstream_connections: 16"))
 	p := harness.Start(t, yaml)
 	const pressure = "overload.envoy.resource_monitors.global_downstream_max_connections.pressure"
 
@@ -135,19 +144,10 @@ func TestResetHighMemoryStream(t *testing.T) {
 func TestResetHighMemoryStreamOnHeap(t *testing.T) {
 	t.Parallel()
 	up := harness.NewRawUpstream(t)
-	yaml := withOverload(harness.Config{UpstreamPort: up.Port()}.YAML(), `  refresh_interval: 0.05s
-  buffer_factory_config: {minimum_account_to_track_power_of_two: 12}
-  resource_monitors:
-  - name: envoy.resource_monitors.fixed_heap
-    typed_config:
-      "@type": type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig
-      max_heap_size_bytes: 1125899906842624
-  actions:
-  - name: envoy.overload_actions.reset_high_memory_stream
-    triggers:
-    - name: envoy.resource_monitors.fixed_heap
-      scaled: {scaling_threshold: 0, saturation_threshold: 1}
-`)
+	yaml := withOverload(harness.Config{UpstreamPort: up.Port()}.YAML(), resetOnMonitor(
+		"envoy.resource_monitors.fixed_heap",
+		"type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig",
+		"max_heap_size_bytes: 1125899906842624"))
 	p := harness.Start(t, yaml)
 	const large, medium = 300 << 10, 16 << 10
 
