@@ -122,9 +122,12 @@ type routerFilter struct {
 	timer       *time.Timer // the route timeout
 	started     bool        // DecodeHeaders began the request
 	stopCtx     func() bool // set once before run starts; taken under mu
-	wg          sync.WaitGroup
-	acct        *memacct.Account // charged with len(queue)+len(retained); nil: no accounting
-	charged     int              // what acct holds for queue and retained
+	// detached: the engine took the tunnel and the router's part is over (see detach); the watch
+	// on the stream's context, which the stream cancels after parking, must then do nothing.
+	detached bool
+	wg       sync.WaitGroup
+	acct     *memacct.Account // charged with len(queue)+len(retained); nil: no accounting
+	charged  int              // what acct holds for queue and retained
 
 	// handedOff: the tunnel engine carries the tunnel (see handOff); the router only ends it.
 	handedOff atomic.Bool
@@ -202,6 +205,10 @@ func (r *routerFilter) DecodeHeaders(h *headers.Map, end bool) filter.Status {
 	r.started = true
 	stop := context.AfterFunc(r.cb.Context(), func() {
 		r.mu.Lock()
+		if r.detached {
+			r.mu.Unlock()
+			return
+		}
 		r.finished = true
 		att := r.att
 		r.cond.Broadcast()

@@ -490,9 +490,11 @@ func (r *routerFilter) detach(u *h1Upstream) (end func()) {
 	}
 	r.queue, r.retained = nil, nil
 	r.account()
-	// handOff may not have stopped the watch on the stream's context yet, and the stream cancels
-	// its context once it has parked: the watch must not see that as a reset and end the
-	// connection's accounting while the tunnel runs.
+	// The stream cancels its context once it has parked: the watch on it must not see that as a
+	// reset and end the connection's accounting while the tunnel runs. Stopping the watch is not
+	// enough, as handOff may have taken it and not stopped it yet, and a stop does not wait for a
+	// watch already running: the flag, read under mu, is what the watch obeys.
+	r.detached = true
 	stop := r.stopCtx
 	r.stopCtx = nil
 	r.mu.Unlock()
