@@ -260,7 +260,7 @@ func (d *direction) pending() bool { return d.out != nil || d.inPipe > 0 }
 // or the tunnel was aborted).
 func (d *direction) flush() bool {
 	for d.out != nil {
-		n, err := syscall.Write(d.dst, (*d.out)[d.outOff:d.outEnd])
+		n, err := rawWrite(d.dst, (*d.out)[d.outOff:d.outEnd])
 		switch {
 		case err == syscall.EINTR:
 			continue
@@ -277,7 +277,7 @@ func (d *direction) flush() bool {
 		}
 	}
 	for d.inPipe > 0 {
-		n, err := syscall.Splice(d.pipe.r, nil, d.dst, nil, d.inPipe, spliceMove|spliceNonblock)
+		n, err := rawSplice(d.pipe.r, d.dst, d.inPipe, spliceMove|spliceNonblock)
 		switch {
 		case err == syscall.EINTR:
 			continue
@@ -299,7 +299,7 @@ func (d *direction) flush() bool {
 // write writes p to dst without blocking; what does not fit waits in a slab.
 func (d *direction) write(p []byte) bool {
 	for len(p) > 0 {
-		n, err := syscall.Write(d.dst, p)
+		n, err := rawWrite(d.dst, p)
 		switch {
 		case err == syscall.EINTR:
 			continue
@@ -342,7 +342,7 @@ func (d *direction) run() {
 			t.loop.requeue(d) // the others' turn; more next round
 			return
 		}
-		n, err := syscall.Read(d.src, buf)
+		n, err := rawRead(d.src, buf)
 		switch {
 		case err == syscall.EINTR:
 			continue
@@ -545,8 +545,7 @@ func (l *loop) serveOnce(fd uintptr) bool {
 			f()
 			l.work[i] = nil
 		}
-		timeout := 0
-		n, err := syscall.EpollWait(int(fd), l.events, timeout)
+		n, err := rawPoll(int(fd), l.events)
 		if err != nil && err != syscall.EINTR {
 			n = 0
 		}
@@ -641,7 +640,7 @@ func (d *direction) splice() bool {
 			}
 			limit = int(min(left, uint64(limit)))
 		}
-		n, err := syscall.Splice(d.src, nil, d.pipe.w, nil, limit, spliceMove|spliceNonblock)
+		n, err := rawSplice(d.src, d.pipe.w, limit, spliceMove|spliceNonblock)
 		if err == syscall.EINTR {
 			continue
 		}
