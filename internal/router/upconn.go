@@ -17,6 +17,7 @@ import (
 	"github.com/switchyard-proxy/switchyard/internal/codec/http1"
 	"github.com/switchyard-proxy/switchyard/internal/codec/http2"
 	"github.com/switchyard-proxy/switchyard/internal/codec/http2/client"
+	"github.com/switchyard-proxy/switchyard/internal/rawsys"
 	"github.com/switchyard-proxy/switchyard/internal/tunnel"
 )
 
@@ -52,6 +53,8 @@ type h1Upstream struct {
 	body    *http1.BodyReader
 	conn    net.Conn // set when the tunnel opens
 	raw     *tunnel.SlabReader
+	w       *rawsys.ConnWriter // conn's socket, made at the first tunnel write; nil: write to conn
+	wTried  bool
 	early   []byte // bytes that came with the 101
 	accept  string // the Sec-WebSocket-Accept we expect, when we made the key up
 	makeKey bool   // the request came over HTTP/2 and may lack Sec-WebSocket-Key
@@ -85,7 +88,15 @@ func websocketAccept(key string) string {
 
 func (u *h1Upstream) write(p []byte) error {
 	if u.conn != nil {
-		_, err := u.conn.Write(p)
+		if !u.wTried {
+			u.w, u.wTried = rawsys.NewConnWriter(u.conn), true
+		}
+		var err error
+		if u.w != nil {
+			_, err = u.w.Write(p)
+		} else {
+			_, err = u.conn.Write(p)
+		}
 		return err
 	}
 	var err error

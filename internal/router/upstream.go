@@ -475,7 +475,7 @@ func (r *routerFilter) handOff(att *attempt) bool {
 	if stop != nil {
 		stop()
 	}
-	u.raw = nil
+	u.raw, u.w = nil, nil
 	return true
 }
 

@@ -13,6 +13,7 @@ import (
 	"syscall"
 
 	"github.com/switchyard-proxy/switchyard/buffer"
+	"github.com/switchyard-proxy/switchyard/internal/rawsys"
 )
 
 // Engine carries tunnels between two plain TCP sockets without a goroutine per tunnel. At Start
@@ -260,7 +261,7 @@ func (d *direction) pending() bool { return d.out != nil || d.inPipe > 0 }
 // or the tunnel was aborted).
 func (d *direction) flush() bool {
 	for d.out != nil {
-		n, err := rawWrite(d.dst, (*d.out)[d.outOff:d.outEnd])
+		n, err := rawsys.Write(d.dst, (*d.out)[d.outOff:d.outEnd])
 		switch {
 		case err == syscall.EINTR:
 			continue
@@ -277,7 +278,7 @@ func (d *direction) flush() bool {
 		}
 	}
 	for d.inPipe > 0 {
-		n, err := rawSplice(d.pipe.r, d.dst, d.inPipe, spliceMove|spliceNonblock)
+		n, err := rawsys.Splice(d.pipe.r, d.dst, d.inPipe, spliceMove|spliceNonblock)
 		switch {
 		case err == syscall.EINTR:
 			continue
@@ -299,7 +300,7 @@ func (d *direction) flush() bool {
 // write writes p to dst without blocking; what does not fit waits in a slab.
 func (d *direction) write(p []byte) bool {
 	for len(p) > 0 {
-		n, err := rawWrite(d.dst, p)
+		n, err := rawsys.Write(d.dst, p)
 		switch {
 		case err == syscall.EINTR:
 			continue
@@ -342,7 +343,7 @@ func (d *direction) run() {
 			t.loop.requeue(d) // the others' turn; more next round
 			return
 		}
-		n, err := rawRead(d.src, buf)
+		n, err := rawsys.Read(d.src, buf)
 		switch {
 		case err == syscall.EINTR:
 			continue
@@ -545,7 +546,7 @@ func (l *loop) serveOnce(fd uintptr) bool {
 			f()
 			l.work[i] = nil
 		}
-		n, err := rawPoll(int(fd), l.events)
+		n, err := rawsys.Poll(int(fd), l.events)
 		if err != nil && err != syscall.EINTR {
 			n = 0
 		}
@@ -640,7 +641,7 @@ func (d *direction) splice() bool {
 			}
 			limit = int(min(left, uint64(limit)))
 		}
-		n, err := rawSplice(d.src, d.pipe.w, limit, spliceMove|spliceNonblock)
+		n, err := rawsys.Splice(d.src, d.pipe.w, limit, spliceMove|spliceNonblock)
 		if err == syscall.EINTR {
 			continue
 		}

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/net/http2/hpack"
 
 	"github.com/switchyard-proxy/switchyard/headers"
+	"github.com/switchyard-proxy/switchyard/internal/rawsys"
 )
 
 // ServerConfig is one listener's HTTP/2 settings, named after Envoy's http2_protocol_options.
@@ -247,10 +248,10 @@ func NewServerConn(nc net.Conn, br *bufio.Reader, cfg ServerConfig, handle func(
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.wcond.L = &c.mu
-	c.bw = bufio.NewWriterSize(deadlineWriter{nc: nc, timeout: cfg.WriteTimeout}, 16<<10)
-	if tc := plainTCP(nc); tc != nil {
-		c.vec.w, c.vec.timeout = tc, cfg.WriteTimeout
-		c.vec.counter, _ = nc.(interface{ CountWrite(n int) })
+	sock := rawsys.NewConnWriter(nc)
+	c.bw = bufio.NewWriterSize(deadlineWriter{nc: nc, sock: sock, timeout: cfg.WriteTimeout}, 16<<10)
+	if tc := plainTCP(nc); tc != nil && sock != nil {
+		c.vec.w, c.vec.sock, c.vec.timeout = tc, sock, cfg.WriteTimeout
 	}
 	c.src = NewFrameSource(br)
 	c.fr = h2.NewFramer(c.bw, c.src)

@@ -8,6 +8,7 @@ import (
 	"golang.org/x/net/http2/hpack"
 
 	"github.com/switchyard-proxy/switchyard/headers"
+	"github.com/switchyard-proxy/switchyard/internal/rawsys"
 )
 
 // outKind is what an outFrame asks the writer to do.
@@ -172,8 +173,8 @@ func (c *ServerConn) writeDataDirectLocked(s *ServerStream, p []byte, end bool) 
 // vectored writes several DATA frames with one writev(2): their 9-byte headers and the caller's
 // payload slices side by side, no copy. Owned by the holder of c.writing.
 type vectored struct {
-	w       *net.TCPConn // nil: not a plain TCP socket
-	counter interface{ CountWrite(n int) }
+	w       *net.TCPConn       // nil: not a plain TCP socket
+	sock    *rawsys.ConnWriter // w's, counting as the connection does
 	timeout time.Duration
 	hdrs    [maxDataChunk/16384 + 1][9]byte
 	bufs    [2 * (maxDataChunk/16384 + 1)][]byte
@@ -203,11 +204,7 @@ func (c *ServerConn) writeDataVectored(id uint32, p []byte, end bool, maxFrame i
 	if err := v.w.SetWriteDeadline(time.Now().Add(v.timeout)); err != nil {
 		return err
 	}
-	nb := net.Buffers(bufs)
-	n, err := nb.WriteTo(v.w)
-	if v.counter != nil {
-		v.counter.CountWrite(int(n))
-	}
+	_, err := v.sock.Writev(bufs)
 	clear(v.bufs[:])
 	return err
 }
@@ -334,14 +331,19 @@ func (c *ServerConn) writeData(f *outFrame) error {
 
 // deadlineWriter gives every socket write its own deadline, so a peer that stops reading holds
 // the writer (and, through the outbound limits, the connection) for at most timeout.
+// On a plain TCP socket it writes through sock (see rawsys), which counts the bytes as nc would.
 type deadlineWriter struct {
 	nc      net.Conn
+	sock    *rawsys.ConnWriter // nil: write to nc
 	timeout time.Duration
 }
 
 func (w deadlineWriter) Write(p []byte) (int, error) {
 	if err := w.nc.SetWriteDeadline(time.Now().Add(w.timeout)); err != nil {
 		return 0, err
+	}
+	if w.sock != nil {
+		return w.sock.Write(p)
 	}
 	return w.nc.Write(p)
 }

@@ -32,6 +32,7 @@ import (
 
 	"github.com/switchyard-proxy/switchyard/headers"
 	"github.com/switchyard-proxy/switchyard/internal/codec/http2"
+	"github.com/switchyard-proxy/switchyard/internal/rawsys"
 )
 
 // ErrCode is an HTTP/2 error code (RFC 9113 §7), re-exported so callers of Reset need not
@@ -198,14 +199,19 @@ type ClientConn struct {
 
 // deadlineWriter sets a fresh write deadline before every socket write so that one stalled
 // write fails after WriteTimeout instead of blocking the writer goroutine forever.
+// On a plain TCP socket it writes through sock (see rawsys).
 type deadlineWriter struct {
-	nc net.Conn
-	d  time.Duration
+	nc   net.Conn
+	sock *rawsys.ConnWriter // nil: write to nc
+	d    time.Duration
 }
 
 func (w *deadlineWriter) Write(p []byte) (int, error) {
 	if err := w.nc.SetWriteDeadline(time.Now().Add(w.d)); err != nil {
 		return 0, err
+	}
+	if w.sock != nil {
+		return w.sock.Write(p)
 	}
 	return w.nc.Write(p)
 }
@@ -234,7 +240,7 @@ func NewClientConn(nc net.Conn, cfg Config) (*ClientConn, error) {
 		recvWindow:     int64(cfg.InitialConnectionWindowSize),
 		wMaxFrame:      defaultFrameSize,
 	}
-	c.dw = &deadlineWriter{nc: nc, d: cfg.WriteTimeout}
+	c.dw = &deadlineWriter{nc: nc, sock: rawsys.NewConnWriter(nc), d: cfg.WriteTimeout}
 	c.bw = bufio.NewWriterSize(c.dw, bufSize+maxDataChunk/minFrameSize*frameHeaderLen) // a whole chunk's frames in one write
 	c.wfr = h2.NewFramer(c.bw, nil)
 	c.henc = hpack.NewEncoder(&c.hbuf)

@@ -1,0 +1,137 @@
+package rawsys
+
+import (
+	"crypto/tls"
+	"net"
+	"os"
+	"syscall"
+)
+
+// Socket returns the raw descriptor access of c's TCP socket when bytes written to c go to the
+// socket unchanged: c is a *net.TCPConn, or wraps one (NetConn) with no TLS in between. Otherwise
+// nil.
+func Socket(c net.Conn) syscall.RawConn {
+	for {
+		if _, ok := c.(*tls.Conn); ok {
+			return nil
+		}
+		u, ok := c.(interface{ NetConn() net.Conn })
+		if !ok {
+			break
+		}
+		c = u.NetConn()
+	}
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return nil
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return rc
+}
+
+// ConnWriter writes to a connection's socket with Write and Writev of this package, waiting for
+// room through Go's poller (so the connection's write deadline holds). Bytes written are reported
+// to the connection's CountWrite, if it has one, as its own Write would count them. Its state
+// lives between a call and its callback, so it allocates nothing per write; one writer at a time
+// (the caller serializes, as it must for a net.Conn's writes to keep their order anyway).
+type ConnWriter struct {
+	rc      syscall.RawConn
+	counter interface{ CountWrite(n int) }
+	p       []byte
+	vec     [][]byte
+	n       int
+	err     error
+	write   func(fd uintptr) bool
+	writev  func(fd uintptr) bool
+}
+
+// NewConnWriter returns a writer for c's socket, or nil when Socket(c) is nil: write to c then.
+func NewConnWriter(c net.Conn) *ConnWriter {
+	rc := Socket(c)
+	if rc == nil {
+		return nil
+	}
+	w := &ConnWriter{rc: rc}
+	w.counter, _ = c.(interface{ CountWrite(n int) })
+	w.write = w.writeOnce
+	w.writev = w.writevOnce
+	return w
+}
+
+// Write writes all of p, like net.Conn's Write.
+func (w *ConnWriter) Write(p []byte) (int, error) {
+	w.p, w.n, w.err = p, 0, nil
+	err := w.rc.Write(w.write)
+	return w.done(err)
+}
+
+// Writev writes every slice of bufs in order, like net.Buffers' WriteTo, in as few system calls
+// as the socket allows. It may modify bufs.
+func (w *ConnWriter) Writev(bufs [][]byte) (int, error) {
+	w.vec, w.n, w.err = bufs, 0, nil
+	err := w.rc.Write(w.writev)
+	w.vec = nil
+	return w.done(err)
+}
+
+func (w *ConnWriter) done(err error) (int, error) {
+	n := w.n
+	w.p = nil
+	if w.counter != nil && n > 0 {
+		w.counter.CountWrite(n)
+	}
+	if err == nil && w.err != nil {
+		err = &net.OpError{Op: "write", Net: "tcp", Err: os.NewSyscallError("write", w.err)}
+	}
+	return n, err
+}
+
+func (w *ConnWriter) writeOnce(fd uintptr) bool {
+	for w.n < len(w.p) {
+		n, err := Write(int(fd), w.p[w.n:])
+		switch {
+		case err == syscall.EINTR:
+			continue
+		case err == syscall.EAGAIN:
+			return false // the poller waits for room
+		case err != nil:
+			w.err = err
+			return true
+		}
+		w.n += n
+	}
+	return true
+}
+
+func (w *ConnWriter) writevOnce(fd uintptr) bool {
+	for {
+		for len(w.vec) > 0 && len(w.vec[0]) == 0 {
+			w.vec = w.vec[1:]
+		}
+		if len(w.vec) == 0 {
+			return true
+		}
+		n, err := Writev(int(fd), w.vec)
+		switch {
+		case err == syscall.EINTR:
+			continue
+		case err == syscall.EAGAIN:
+			return false
+		case err != nil:
+			w.err = err
+			return true
+		}
+		w.n += n
+		for n > 0 {
+			m := min(n, len(w.vec[0]))
+			w.vec[0] = w.vec[0][m:]
+			n -= m
+			if len(w.vec[0]) == 0 {
+				w.vec = w.vec[1:]
+			}
+		}
+	}
+}

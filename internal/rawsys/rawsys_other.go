@@ -1,0 +1,34 @@
+//go:build !linux
+
+// Package rawsys makes the proxy's hot system calls on non-blocking sockets; on Linux without
+// telling the scheduler (see rawsys_linux.go), elsewhere through package syscall.
+package rawsys
+
+import "syscall"
+
+// Read is read(2).
+func Read(fd int, p []byte) (int, error) { return syscall.Read(fd, p) }
+
+// Write is write(2).
+func Write(fd int, p []byte) (int, error) { return syscall.Write(fd, p) }
+
+// Writev writes bufs in order, one write(2) each, stopping at the first short write.
+func Writev(fd int, bufs [][]byte) (int, error) {
+	total := 0
+	for _, b := range bufs {
+		n, err := syscall.Write(fd, b)
+		if n > 0 {
+			total += n
+		}
+		if err != nil {
+			if total > 0 {
+				return total, nil
+			}
+			return -1, err
+		}
+		if n < len(b) {
+			break
+		}
+	}
+	return total, nil
+}
