@@ -1,0 +1,140 @@
+package rawsys
+
+import (
+	"bytes"
+	"crypto/rand"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"testing"
+	"time"
+)
+
+// tcpPair returns both ends of a loopback TCP connection.
+func tcpPair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		accepted <- c
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := <-accepted
+	if s == nil {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { c.Close(); s.Close() })
+	return c.(*net.TCPConn), s.(*net.TCPConn)
+}
+
+type counting struct {
+	net.Conn
+	n int
+}
+
+func (c *counting) NetConn() net.Conn { return c.Conn }
+func (c *counting) CountWrite(n int)  { c.n += n }
+
+// A write far larger than the socket buffers waits for the reader through the poller and arrives
+// whole and in order, counted once.
+func TestConnWriterWaitsForRoom(t *testing.T) {
+	c, s := tcpPair(t)
+	cc := &counting{Conn: c}
+	w := NewConnWriter(cc)
+	if w == nil {
+		t.Fatal("no writer for a plain TCP socket")
+	}
+	payload := make([]byte, 8<<20)
+	rand.Read(payload)
+	got := make(chan []byte)
+	go func() {
+		b, _ := io.ReadAll(io.LimitReader(s, int64(len(payload))))
+		got <- b
+	}()
+	n, err := w.Write(payload)
+	if err != nil || n != len(payload) {
+		t.Fatalf("Write = %d, %v; want %d, nil", n, err, len(payload))
+	}
+	if b := <-got; !bytes.Equal(b, payload) {
+		t.Fatalf("the reader got %d bytes, not the %d written", len(b), len(payload))
+	}
+	if cc.n != len(payload) {
+		t.Fatalf("counted %d bytes, wrote %d", cc.n, len(payload))
+	}
+}
+
+// Writev sends every slice in order, including more slices than one writev takes and empty ones.
+func TestConnWriterWritev(t *testing.T) {
+	c, s := tcpPair(t)
+	w := NewConnWriter(c)
+	var want []byte
+	var bufs [][]byte
+	for i := range 40 {
+		b := bytes.Repeat([]byte{byte('a' + i%26)}, i*1000)
+		bufs = append(bufs, b)
+		want = append(want, b...)
+	}
+	got := make(chan []byte)
+	go func() {
+		b, _ := io.ReadAll(io.LimitReader(s, int64(len(want))))
+		got <- b
+	}()
+	n, err := w.Writev(bufs)
+	if err != nil || n != len(want) {
+		t.Fatalf("Writev = %d, %v; want %d, nil", n, err, len(want))
+	}
+	if b := <-got; !bytes.Equal(b, want) {
+		t.Fatal("the bytes arrived out of order or incomplete")
+	}
+}
+
+// A peer that reads nothing holds the writer only until the connection's write deadline.
+func TestConnWriterDeadline(t *testing.T) {
+	c, _ := tcpPair(t)
+	w := NewConnWriter(c)
+	c.SetWriteDeadline(time.Now().Add(200 * time.Millisecond))
+	_, err := w.Write(make([]byte, 64<<20))
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Write to a peer that reads nothing = %v, want the deadline", err)
+	}
+}
+
+// A reset peer is a write error, not a hang or a panic.
+func TestConnWriterPeerGone(t *testing.T) {
+	c, s := tcpPair(t)
+	s.SetLinger(0)
+	s.Close()
+	w := NewConnWriter(c)
+	var err error
+	for range 100 {
+		if _, err = w.Write([]byte("after the reset")); err != nil {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	var oe *net.OpError
+	if !errors.As(err, &oe) || oe.Op != "write" {
+		t.Fatalf("writes to a reset peer ended with %v, want a write *net.OpError", err)
+	}
+}
+
+// TLS in between changes the bytes: no raw writer.
+func TestSocketRefusesTLS(t *testing.T) {
+	c, _ := tcpPair(t)
+	if Socket(tls.Client(c, &tls.Config{})) != nil {
+		t.Fatal("Socket looked through TLS")
+	}
+	if Socket(&counting{Conn: c}) == nil {
+		t.Fatal("Socket did not look through a transparent wrapper")
+	}
+}
