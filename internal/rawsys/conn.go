@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"net"
 	"os"
+	"sync"
 	"syscall"
 )
 
@@ -35,9 +36,10 @@ func Socket(c net.Conn) syscall.RawConn {
 // ConnWriter writes to a connection's socket with Write and Writev of this package, waiting for
 // room through Go's poller (so the connection's write deadline holds). Bytes written are reported
 // to the connection's CountWrite, if it has one, as its own Write would count them. Its state
-// lives between a call and its callback, so it allocates nothing per write; one writer at a time
-// (the caller serializes, as it must for a net.Conn's writes to keep their order anyway).
+// lives between a call and its callback, so it allocates nothing per write. Safe for concurrent
+// use, like a net.Conn (writes are serialized).
 type ConnWriter struct {
+	mu      sync.Mutex
 	rc      syscall.RawConn
 	counter interface{ CountWrite(n int) }
 	p       []byte
@@ -63,6 +65,8 @@ func NewConnWriter(c net.Conn) *ConnWriter {
 
 // Write writes all of p, like net.Conn's Write.
 func (w *ConnWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	w.p, w.n, w.err = p, 0, nil
 	err := w.rc.Write(w.write)
 	return w.done(err)
@@ -71,6 +75,8 @@ func (w *ConnWriter) Write(p []byte) (int, error) {
 // Writev writes every slice of bufs in order, like net.Buffers' WriteTo, in as few system calls
 // as the socket allows. It may modify bufs.
 func (w *ConnWriter) Writev(bufs [][]byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	w.vec, w.n, w.err = bufs, 0, nil
 	err := w.rc.Write(w.writev)
 	w.vec = nil
