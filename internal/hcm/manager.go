@@ -24,6 +24,7 @@ import (
 	"github.com/switchyard-proxy/switchyard/internal/codec/http2"
 	"github.com/switchyard-proxy/switchyard/internal/config"
 	"github.com/switchyard-proxy/switchyard/internal/memacct"
+	"github.com/switchyard-proxy/switchyard/internal/rawsys"
 	"github.com/switchyard-proxy/switchyard/internal/stats"
 )
 
@@ -289,6 +290,7 @@ type ConnHooks struct {
 type countingConn struct {
 	net.Conn
 	rx, tx *stats.Counter
+	sock   *rawsys.ConnWriter
 }
 
 func (c *countingConn) Read(p []byte) (int, error) {
@@ -298,6 +300,9 @@ func (c *countingConn) Read(p []byte) (int, error) {
 }
 
 func (c *countingConn) Write(p []byte) (int, error) {
+	if c.sock != nil {
+		return c.sock.Write(p)
+	}
 	n, err := c.Conn.Write(p)
 	c.tx.Add(uint64(n))
 	return n, err
@@ -357,6 +362,7 @@ func (m *Manager) ServeConn(ctx context.Context, nc net.Conn, hooks ConnHooks) {
 		scheme, alpn = "https", tc.ConnectionState().NegotiatedProtocol
 	}
 	cc := &countingConn{Conn: nc, rx: s.CxRxBytes, tx: s.CxTxBytes}
+	cc.sock = rawsys.NewConnWriter(cc)
 	c := &conn{m: m, nc: cc, br: buffer.GetReader(cc), remote: nc.RemoteAddr().String(), scheme: scheme, life: life}
 	stop := context.AfterFunc(ctx, func() { nc.SetReadDeadline(time.Now()) })
 	c.stopWake = func() { stop() }

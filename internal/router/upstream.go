@@ -475,7 +475,7 @@ func (r *routerFilter) handOff(att *attempt) bool {
 	if stop != nil {
 		stop()
 	}
-	u.raw, u.w = nil, nil
+	u.raw = nil // the decode goroutine may still write to u until it hands off: see detach for u.w
 	return true
 }
 
@@ -501,6 +501,7 @@ func (r *routerFilter) detach(u *h1Upstream) (end func()) {
 	if stop != nil {
 		stop()
 	}
+	u.w = nil // the decode goroutine, which runs detach, was its last writer
 	closeUp, ok := cluster.SocketTaken(u.conn)
 	if !ok {
 		conn := u.conn

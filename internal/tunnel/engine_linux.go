@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/switchyard-proxy/switchyard/buffer"
 	"github.com/switchyard-proxy/switchyard/internal/rawsys"
@@ -419,7 +420,16 @@ type loop struct {
 	ready  []*direction // directions that still have bytes after their turn
 	work   []func()
 	waitFn func(fd uintptr) bool
+	ran    time.Time // when the loop last parked or yielded
 }
+
+// loopYieldAfter is how long a loop that always has work runs before it lets other goroutines
+// have its processor. Its system calls are raw (see rawsys), so the scheduler never sees it
+// blocked, and the signal that would preempt it lands inside a system call nearly every time,
+// where a goroutine cannot be preempted; and what it would yield to needs the network polled,
+// which the scheduler does only when it has nothing else to run. Without parking now and then, a
+// saturated loop starved the admin endpoint for over ten seconds (TestLoadFairness).
+const loopYieldAfter = time.Millisecond
 
 // epollET is EPOLLET as the uint32 epoll_event wants it (package syscall spells it negative).
 const epollET = 1 << 31
@@ -516,6 +526,11 @@ func (l *loop) do(f func()) {
 	l.mu.Lock()
 	l.inbox = append(l.inbox, f)
 	l.mu.Unlock()
+	l.wake()
+}
+
+// wake makes the loop's epoll set ready, so a parked loop runs.
+func (l *loop) wake() {
 	one := [8]byte{1}
 	syscall.Write(l.wakeFD, one[:])
 }
@@ -534,6 +549,7 @@ func (l *loop) requeue(d *direction) {
 // Read would clear it and need another epoll_wait to be safe). It returns true, ending the Read,
 // when the loop has no tunnels left.
 func (l *loop) serveOnce(fd uintptr) bool {
+	l.ran = time.Now()
 	for {
 		l.mu.Lock()
 		l.work, l.inbox = l.inbox, l.work[:0]
@@ -589,6 +605,13 @@ func (l *loop) serveOnce(fd uintptr) bool {
 		}
 		if n < len(l.events) && len(l.ready) == 0 && idle {
 			return false // drained: park (events that came meanwhile have already woken the poller)
+		}
+		if time.Since(l.ran) > loopYieldAfter {
+			// Park, with a wake-up already on its way: the goroutine goes back through the
+			// scheduler, which polls the network on the way (a Gosched would not), and the
+			// wake-up brings the loop back for the work it left.
+			l.wake()
+			return false
 		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	"github.com/switchyard-proxy/switchyard/buffer"
+	"github.com/switchyard-proxy/switchyard/internal/rawsys"
 )
 
 // SlabReader is one pump's reader of a connection. It never parks holding a buffer, so an idle
@@ -77,7 +78,7 @@ func NewSlabReader(c net.Conn) *SlabReader {
 // (a parked read would hold the slab while the tunnel is idle).
 func (r *SlabReader) readOnce(fd uintptr) bool {
 	for {
-		r.n, r.readErr = syscall.Read(int(fd), *r.slab)
+		r.n, r.readErr = rawsys.Read(int(fd), *r.slab)
 		if r.readErr != syscall.EINTR {
 			break
 		}
@@ -93,7 +94,7 @@ func (r *SlabReader) readOnce(fd uintptr) bool {
 func (r *SlabReader) waitReadOnce(fd uintptr) bool {
 	slab := buffer.GetSlab()
 	for {
-		n, err := syscall.Read(int(fd), *slab)
+		n, err := rawsys.Read(int(fd), *slab)
 		switch {
 		case err == syscall.EINTR:
 			continue

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"syscall"
 
+	"github.com/switchyard-proxy/switchyard/internal/rawsys"
 	h2 "golang.org/x/net/http2"
 )
 
@@ -247,7 +248,7 @@ func (s *FrameSource) Serve(rc syscall.RawConn, counter ReadCounter, blockLimit 
 				return false
 			}
 			p := s.space()
-			n, err := syscall.Read(int(fd), p)
+			n, err := rawsys.Read(int(fd), p)
 			switch {
 			case err == syscall.EINTR:
 				continue
