@@ -32,3 +32,15 @@ func Writev(fd int, bufs [][]byte) (int, error) {
 	}
 	return total, nil
 }
+
+// EnableInq reports false: the TCP_INQ hint is Linux's.
+func EnableInq(fd int) bool { return false }
+
+// InqReader reads with read(2) and, without the TCP_INQ hint, always says more may be left.
+type InqReader struct{}
+
+// Read reads into p; more is always true.
+func (q *InqReader) Read(fd int, p []byte) (n int, more bool, err error) {
+	n, err = syscall.Read(fd, p)
+	return n, true, err
+}

@@ -11,14 +11,16 @@ import (
 	"sync/atomic"
 	"syscall"
 
-	"github.com/switchyard-proxy/switchyard/internal/rawsys"
 	h2 "golang.org/x/net/http2"
+
+	"github.com/switchyard-proxy/switchyard/internal/rawsys"
 )
 
 // The reader of a plain TCP connection (server and client codecs) reads the socket itself, inside
 // one syscall.RawConn.Read, and processes every complete frame before it reads again. That lets it
-// skip the read that would only say "nothing more" (EAGAIN): after a read that did not fill the
-// buffer the socket was drained, so the reader goes straight back to waiting for Go's poller. Go's
+// skip the read that would only say "nothing more" (EAGAIN): when a read left the socket empty
+// (the kernel's TCP_INQ hint says so, and also says when a FIN is still to be read: a read that
+// only came back short cannot tell that), the reader goes straight back to waiting for Go's poller. Go's
 // own Read cannot skip it — each call starts by forgetting any readiness already signalled — and on
 // this kind of VM that read costs about 2 µs, one per client message. Frame processing does not wait
 // for the network (it queues frames for the writer — the client's queue is bounded, so at worst it
@@ -46,6 +48,7 @@ type FrameSource struct {
 	raw  bool
 	buf  *[]byte
 	r, w int // unparsed bytes are (*buf)[r:w]
+	inq  rawsys.InqReader
 }
 
 // NewFrameSource reads from br until Serve takes over.
@@ -228,6 +231,11 @@ func (s *FrameSource) Serve(rc syscall.RawConn, counter ReadCounter, blockLimit 
 	}()
 	var why error
 	drained := false
+	// With the kernel's TCP_INQ hint a read says whether anything (bytes, or the FIN) is left, so
+	// the reader waits for the poller exactly when the socket is empty. Without it, it reads
+	// until EAGAIN: a read that merely came back short may have taken the last bytes with a FIN
+	// behind them, and the poller says nothing more about a FIN that was already there.
+	rc.Control(func(fd uintptr) { rawsys.EnableInq(int(fd)) })
 	err := rc.Read(func(fd uintptr) bool {
 		for {
 			for s.complete(blockLimit) {
@@ -248,7 +256,7 @@ func (s *FrameSource) Serve(rc syscall.RawConn, counter ReadCounter, blockLimit 
 				return false
 			}
 			p := s.space()
-			n, err := rawsys.Read(int(fd), p)
+			n, more, err := s.inq.Read(int(fd), p)
 			switch {
 			case err == syscall.EINTR:
 				continue
@@ -266,7 +274,7 @@ func (s *FrameSource) Serve(rc syscall.RawConn, counter ReadCounter, blockLimit 
 			if counter != nil {
 				counter.CountRead(n)
 			}
-			drained = n < len(p)
+			drained = !more
 		}
 	})
 	if why != nil {

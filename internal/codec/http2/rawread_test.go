@@ -1,6 +1,9 @@
 package http2
 
 import (
+	"errors"
+	"io"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -64,4 +67,36 @@ type sliceWriter struct{ b *[]byte }
 func (w *sliceWriter) Write(p []byte) (int, error) {
 	*w.b = append(*w.b, p...)
 	return len(p), nil
+}
+
+// TestFINWithLastFrames: a client whose last frames and FIN arrive together is seen to end. The
+// poller says nothing new about a FIN that was queued before the read that took the last bytes,
+// so a reader that waits after a read merely because it came back short waited forever here
+// (until some timeout); the reader waits only when the kernel says nothing is left.
+func TestFINWithLastFrames(t *testing.T) {
+	ts := startServer(t, ServerConfig{}, okHandler)
+	for i := range 5 {
+		rc := dialRaw(t, ts.addr())
+		rc.handshake()
+		time.Sleep(50 * time.Millisecond) // the server has read everything and waits
+		var b []byte
+		fr := h2.NewFramer(&sliceWriter{b: &b}, nil)
+		if err := fr.WritePing(false, [8]byte{1, 2, 3, 4, 5, 6, 7, byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := rc.nc.Write(b); err != nil {
+			t.Fatal(err)
+		}
+		if err := rc.nc.(*net.TCPConn).CloseWrite(); err != nil { // the FIN right behind the PING
+			t.Fatal(err)
+		}
+		select {
+		case err := <-ts.errs:
+			if err != nil && !errors.Is(err, io.EOF) {
+				t.Logf("connection %d ended with %v", i, err)
+			}
+		case <-time.After(3 * time.Second):
+			t.Fatalf("connection %d: the server did not see the client's FIN that came with its last frame", i)
+		}
+	}
 }
