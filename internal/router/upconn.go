@@ -10,6 +10,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync/atomic"
 
 	"github.com/switchyard-proxy/switchyard/buffer"
 	"github.com/switchyard-proxy/switchyard/headers"
@@ -53,6 +54,7 @@ type h1Upstream struct {
 	body    *http1.BodyReader
 	conn    net.Conn // set when the tunnel opens
 	raw     *tunnel.SlabReader
+	stop    atomic.Bool        // close was called: the tunnel's Stream of conn ends
 	w       *rawsys.ConnWriter // conn's socket, made at the first tunnel write; nil: write to conn
 	wTried  bool
 	early   []byte // bytes that came with the 101
@@ -193,7 +195,10 @@ func (u *h1Upstream) openTunnel() {
 // close: closing it returns its max_connections slot and updates upstream_cx_active.
 func (u *h1Upstream) close() {
 	if u.conn != nil {
-		u.conn.Close()
+		// The tunnel's pump may be inside Stream, holding the socket: Close would wait for it,
+		// and the pump may be waiting for the caller. Stop it, and close beside it.
+		u.stop.Store(true)
+		go u.conn.Close()
 		return
 	}
 	u.lease.Conn.Close()

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"runtime"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/switchyard-proxy/switchyard/buffer"
@@ -185,6 +186,94 @@ func (r *SlabReader) Read() (*[]byte, int, error) {
 		return nil, 0, err
 	}
 	return ReadSlabFrom(r.c)
+}
+
+// Stream reads the connection until EOF, an error, stop, or handle returning false, passing each
+// read's bytes to handle (valid only during the call). Unlike a loop of Reads it stays inside one
+// RawConn.Read, which keeps the poller's word on readiness between reads: when the kernel says a
+// read left nothing (TCP_INQ, which also counts a FIN not yet read as EOF — a read that merely
+// came back short cannot tell, and the poller says nothing new about a FIN already queued), it
+// waits for the poller instead of asking the socket again and hearing EAGAIN (a Read starts by
+// forgetting what the poller said, so it must ask). That empty read was a fifth of the system
+// calls of an HTTP/2 tunnel's round trip. Without the hint it reads until EAGAIN.
+//
+// handle runs while the socket is held for reading: Close of the connection waits for it, so
+// whoever may close the connection while Stream runs must set stop first and close from another
+// goroutine (see the router's upstream). Stream returns nil at EOF, net.ErrClosed after stop, and
+// false from handle ends it with nil too. Without a socket underneath it falls back to Read.
+func (r *SlabReader) Stream(stop *atomic.Bool, handle func(p []byte) bool) error {
+	if !r.direct {
+		for !stop.Load() {
+			slab, n, err := r.Read()
+			if err != nil {
+				if err == io.EOF {
+					return nil
+				}
+				return err
+			}
+			ok := handle((*slab)[:n])
+			buffer.PutSlab(slab)
+			if !ok {
+				return nil
+			}
+		}
+		return net.ErrClosed
+	}
+	var why error
+	drained := false // the last read left the socket empty: wait for the poller before the next
+	full := false    // the last read filled its slab: read into a big one
+	q := new(rawsys.InqReader)
+	r.rc.Control(func(fd uintptr) { rawsys.EnableInq(int(fd)) })
+	err := r.rc.Read(func(fd uintptr) bool {
+		for {
+			if stop.Load() {
+				why = net.ErrClosed
+				return true
+			}
+			if drained {
+				drained = false
+				return false
+			}
+			var slab *[]byte
+			if full {
+				slab = buffer.GetBigSlab()
+			} else {
+				slab = buffer.GetSlab()
+			}
+			n, more, err := q.Read(int(fd), *slab)
+			switch {
+			case err == syscall.EINTR:
+				buffer.PutSlab(slab)
+				continue
+			case err == syscall.EAGAIN || err == syscall.EWOULDBLOCK:
+				buffer.PutSlab(slab)
+				full = false
+				return false
+			case err != nil:
+				buffer.PutSlab(slab)
+				why = err
+				return true
+			case n == 0:
+				buffer.PutSlab(slab)
+				return true // EOF
+			}
+			full = n == len(*slab)
+			drained = !more
+			if r.counter != nil {
+				r.counter.CountRead(n)
+			}
+			ok := handle((*slab)[:n])
+			buffer.PutSlab(slab)
+			if !ok {
+				return true
+			}
+			runtime.Gosched() // fairness under saturation; see ReadSlabFrom
+		}
+	})
+	if why != nil {
+		return why
+	}
+	return err
 }
 
 // WaitReadable is a one-off SlabReader.Wait, for callers without a reader of their own.

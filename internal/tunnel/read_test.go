@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -166,5 +167,56 @@ func TestSlabReaderNotDirectUnderTLS(t *testing.T) {
 	}
 	if NewSlabReader(&countedConn{Conn: tls.Server(server, &tls.Config{})}).direct {
 		t.Fatal("a wrapper over TLS took the raw-socket fast path")
+	}
+}
+
+// TestStreamSeesFINWithLastBytes: bytes and the FIN behind them, arriving while Stream waits, end
+// the stream with every byte passed on, in order. The poller signals them once; a reader that
+// waited again after the short read that took the bytes would never see the EOF.
+func TestStreamSeesFINWithLastBytes(t *testing.T) {
+	for i := range 5 {
+		client, server := tcpPair(t)
+		r := NewSlabReader(client)
+		var got bytes.Buffer
+		var stop atomic.Bool
+		done := make(chan error, 1)
+		go func() {
+			done <- r.Stream(&stop, func(p []byte) bool { got.Write(p); return true })
+		}()
+		server.Write([]byte("first"))
+		time.Sleep(30 * time.Millisecond) // Stream has read it and waits
+		server.Write([]byte("-last"))
+		server.(*net.TCPConn).CloseWrite()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("run %d: Stream ended with %v, want nil at EOF", i, err)
+			}
+		case <-time.After(3 * time.Second):
+			t.Fatalf("run %d: Stream did not see the FIN that came with the last bytes", i)
+		}
+		if got.String() != "first-last" {
+			t.Fatalf("run %d: passed on %q", i, got.String())
+		}
+	}
+}
+
+// TestStreamStops: stop, then a close from another goroutine, end a Stream that waits.
+func TestStreamStops(t *testing.T) {
+	client, _ := tcpPair(t)
+	r := NewSlabReader(client)
+	var stop atomic.Bool
+	done := make(chan error, 1)
+	go func() { done <- r.Stream(&stop, func([]byte) bool { return true }) }()
+	time.Sleep(20 * time.Millisecond)
+	stop.Store(true)
+	go client.Close()
+	select {
+	case err := <-done:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Fatalf("Stream after stop and close: %v, want net.ErrClosed", err)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("Stream did not end after stop and close")
 	}
 }
