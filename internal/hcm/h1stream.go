@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"sync/atomic"
 
 	"github.com/switchyard-proxy/switchyard/buffer"
 	"github.com/switchyard-proxy/switchyard/headers"
@@ -31,6 +32,7 @@ type h1Stream struct {
 	ri   requestInfo
 	body *http1.BodyReader
 	raw  *tunnel.SlabReader // the tunnel's reads, once the connection switched
+	stop atomic.Bool        // reset: the tunnel's Stream of the socket ends (see streamTunnel)
 
 	// Owned by the encode side.
 	mode       bodyMode
@@ -230,7 +232,36 @@ func (d *h1Stream) reset() {
 		t.Abort(errStreamEnded) // the engine's Done closes the connection
 		return
 	}
-	d.c.nc.Close()
+	// The decode pump may be inside streamTunnel, holding the socket, and may be about to reset
+	// the stream itself (resetOnce would then wait for this Close, and this Close for the pump):
+	// stop it, and close beside it.
+	d.stop.Store(true)
+	go d.c.nc.Close()
+}
+
+// streamTunnel passes the tunnel's bytes from the client to handle, from the bytes that came with
+// the head to the end, reading the socket with tunnel.SlabReader.Stream: it waits for the poller
+// whenever the kernel says the socket is empty, never for a read that says EAGAIN. It returns
+// what ended it (nil: the client's EOF, or handle returned false), as read would have.
+func (d *h1Stream) streamTunnel(handle func(p []byte) bool) error {
+	for d.c.br != nil { // the early bytes, read through the head's buffer
+		slab, n, err := d.read(true)
+		if err != nil {
+			if err == io.EOF {
+				return nil
+			}
+			return err
+		}
+		ok := handle((*slab)[:n])
+		buffer.PutSlab(slab)
+		if !ok {
+			return nil
+		}
+	}
+	if d.raw == nil {
+		d.raw = tunnel.NewSlabReader(d.c.nc)
+	}
+	return d.raw.Stream(&d.stop, handle)
 }
 
 func (d *h1Stream) keepAlive() bool {

@@ -293,6 +293,29 @@ func (s *stream) buildChain(chain []*config.HTTPFilter) {
 
 func (s *stream) aborted() bool { return s.localReply.Load() || s.wasReset.Load() }
 
+// pumpEnded is the end of the decode pump's reads: the client's end of the request (or of its
+// side of the tunnel), a request body the codec could not parse, or a broken connection.
+func (s *stream) pumpEnded(err error, tunnelMode bool) {
+	var bad *badRequestError
+	switch {
+	case err == io.EOF:
+		s.decodeDone.Store(true)
+		if tunnelMode {
+			s.upEnded.Store(true)
+		}
+		s.dec.pushData(&buffer.Buffer{}, true)
+		if tunnelMode {
+			s.maybeTunnelDone()
+		}
+	case errors.As(err, &bad) && !s.respStarted.Load():
+		s.m.stats.CxProtocolError.Inc()
+		s.connClose.Store(true)
+		s.SendLocalReply(400, "Bad Request", bad.Details)
+	case !s.respFinished():
+		s.reset("downstream_remote_disconnect")
+	}
+}
+
 // pumpRequest is the decode pump: it feeds the request body, or an accepted upgrade's payload,
 // into the chain until the client ends its side. The codec hands out pooled slabs only while bytes
 // move, so an idle tunnel holds no copy buffer.
@@ -302,30 +325,36 @@ func (s *stream) pumpRequest() {
 		s.down.continue100()
 	}
 	var b buffer.Buffer // reused for every slab: the chain copies what it keeps
+	if d, ok := s.down.(*h1Stream); ok && tunnelMode {
+		err := d.streamTunnel(func(p []byte) bool {
+			if s.aborted() {
+				return false
+			}
+			s.touch()
+			s.upStats.BytesUp.Add(uint64(len(p)))
+			b.SetBytes(p)
+			s.dec.pushData(&b, false)
+			return true
+		})
+		if s.aborted() {
+			return
+		}
+		if err == nil {
+			err = io.EOF
+		}
+		if s.takeHandoff(err) {
+			return
+		}
+		s.pumpEnded(err, true)
+		return
+	}
 	for !s.aborted() && !(s.respFinished() && !tunnelMode) {
 		slab, n, err := s.down.read(tunnelMode)
 		if err != nil {
 			if tunnelMode && s.takeHandoff(err) {
 				return
 			}
-			var bad *badRequestError
-			switch {
-			case err == io.EOF:
-				s.decodeDone.Store(true)
-				if tunnelMode {
-					s.upEnded.Store(true)
-				}
-				s.dec.pushData(&buffer.Buffer{}, true)
-				if tunnelMode {
-					s.maybeTunnelDone()
-				}
-			case errors.As(err, &bad) && !s.respStarted.Load():
-				s.m.stats.CxProtocolError.Inc()
-				s.connClose.Store(true)
-				s.SendLocalReply(400, "Bad Request", bad.Details)
-			case !s.respFinished():
-				s.reset("downstream_remote_disconnect")
-			}
+			s.pumpEnded(err, tunnelMode)
 			return
 		}
 		s.touch()

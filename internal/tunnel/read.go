@@ -222,8 +222,9 @@ func (r *SlabReader) Stream(stop *atomic.Bool, handle func(p []byte) bool) error
 	var why error
 	drained := false // the last read left the socket empty: wait for the poller before the next
 	full := false    // the last read filled its slab: read into a big one
-	q := new(rawsys.InqReader)
-	r.rc.Control(func(fd uintptr) { rawsys.EnableInq(int(fd)) })
+	// The hint is turned on at the first bytes, not before: a tunnel the engine is about to take
+	// over (most HTTP/1.1 ones) reads nothing here and should not pay a setsockopt for it.
+	var q *rawsys.InqReader
 	err := r.rc.Read(func(fd uintptr) bool {
 		for {
 			if stop.Load() {
@@ -240,7 +241,14 @@ func (r *SlabReader) Stream(stop *atomic.Bool, handle func(p []byte) bool) error
 			} else {
 				slab = buffer.GetSlab()
 			}
-			n, more, err := q.Read(int(fd), *slab)
+			var n int
+			var err error
+			more := true
+			if q != nil {
+				n, more, err = q.Read(int(fd), *slab)
+			} else {
+				n, err = rawsys.Read(int(fd), *slab)
+			}
 			switch {
 			case err == syscall.EINTR:
 				buffer.PutSlab(slab)
@@ -256,6 +264,10 @@ func (r *SlabReader) Stream(stop *atomic.Bool, handle func(p []byte) bool) error
 			case n == 0:
 				buffer.PutSlab(slab)
 				return true // EOF
+			}
+			if q == nil {
+				q = new(rawsys.InqReader)
+				rawsys.EnableInq(int(fd))
 			}
 			full = n == len(*slab)
 			drained = !more
