@@ -89,3 +89,19 @@ func Writev(fd int, bufs [][]byte) (int, error) {
 	}
 	return int(r), nil
 }
+
+// Shutdown is shutdown(2). On loopback it does the peer's FIN processing inside the call.
+func Shutdown(fd, how int) error {
+	if _, _, e := syscall.RawSyscall(syscall.SYS_SHUTDOWN, uintptr(fd), uintptr(how), 0); e != 0 {
+		return e
+	}
+	return nil
+}
+
+// Close is close(2), for a socket without SO_LINGER (which never waits).
+func Close(fd int) error {
+	if _, _, e := syscall.RawSyscall(syscall.SYS_CLOSE, uintptr(fd), 0, 0); e != 0 {
+		return e
+	}
+	return nil
+}

@@ -44,3 +44,9 @@ func (q *InqReader) Read(fd int, p []byte) (n int, more bool, err error) {
 	n, err = syscall.Read(fd, p)
 	return n, true, err
 }
+
+// Shutdown is shutdown(2).
+func Shutdown(fd, how int) error { return syscall.Shutdown(fd, how) }
+
+// Close is close(2).
+func Close(fd int) error { return syscall.Close(fd) }

@@ -217,8 +217,8 @@ func (t *Tunnel) abort(why error) {
 		why = ErrEngineClosed
 	}
 	t.why = why
-	syscall.Shutdown(t.ab.src, syscall.SHUT_RDWR)
-	syscall.Shutdown(t.ba.src, syscall.SHUT_RDWR)
+	rawsys.Shutdown(t.ab.src, syscall.SHUT_RDWR)
+	rawsys.Shutdown(t.ba.src, syscall.SHUT_RDWR)
 	t.finish()
 }
 
@@ -239,8 +239,8 @@ func (t *Tunnel) finish() {
 			d.pipe = nil
 		}
 	}
-	syscall.Close(t.ab.src)
-	syscall.Close(t.ba.src)
+	rawsys.Close(t.ab.src)
+	rawsys.Close(t.ba.src)
 	if t.done != nil {
 		go t.done(t.why)
 	}
@@ -293,7 +293,7 @@ func (d *direction) flush() bool {
 	}
 	if d.shutNext && !d.shutDst {
 		d.shutDst = true
-		syscall.Shutdown(d.dst, syscall.SHUT_WR)
+		rawsys.Shutdown(d.dst, syscall.SHUT_WR)
 	}
 	return true
 }
@@ -358,7 +358,7 @@ func (d *direction) run() {
 			// The source ended its side: pass the half-close on, and the direction is over.
 			if !d.shutDst {
 				d.shutDst = true
-				syscall.Shutdown(d.dst, syscall.SHUT_WR)
+				rawsys.Shutdown(d.dst, syscall.SHUT_WR)
 			}
 			d.end()
 			return
