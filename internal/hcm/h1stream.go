@@ -244,19 +244,13 @@ func (d *h1Stream) reset() {
 // whenever the kernel says the socket is empty, never for a read that says EAGAIN. It returns
 // what ended it (nil: the client's EOF, or handle returned false), as read would have.
 func (d *h1Stream) streamTunnel(handle func(p []byte) bool) error {
-	for d.c.br != nil { // the early bytes, read through the head's buffer
-		slab, n, err := d.read(true)
-		if err != nil {
-			if err == io.EOF {
-				return nil
-			}
-			return err
-		}
-		ok := handle((*slab)[:n])
-		buffer.PutSlab(slab)
-		if !ok {
-			return nil
-		}
+	// The early bytes first, read through the head's buffer.
+	declined := false
+	err := tunnel.PumpReads(func() (*[]byte, int, error) { return d.read(true) },
+		func() bool { return d.c.br != nil && !declined },
+		func(p []byte) bool { declined = !handle(p); return !declined })
+	if err != nil || declined {
+		return err
 	}
 	if d.raw == nil {
 		d.raw = tunnel.NewSlabReader(d.c.nc)

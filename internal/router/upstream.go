@@ -359,24 +359,6 @@ func (r *routerFilter) relay(att *attempt, resp *upResponse, reusable bool) {
 	}
 	r.cb.EncodeHeaders(h, false)
 	var b buffer.Buffer // reused for every slab: the chain copies what it keeps
-	if u, ok := up.(*h1Upstream); ok && u.raw != nil {
-		if len(u.early) > 0 { // what came with the 101 goes first
-			b.SetBytes(u.early)
-			r.cb.EncodeData(&b, false)
-			u.early = nil
-		}
-		err := u.raw.Stream(&u.stop, func(p []byte) bool {
-			b.SetBytes(p)
-			r.cb.EncodeData(&b, false)
-			return true
-		})
-		if err == nil {
-			r.cb.EncodeData(&buffer.Buffer{}, true)
-		} else if r.cb.Context().Err() == nil {
-			r.cb.SendLocalReply(502, "", "upstream_reset_after_response_started")
-		}
-		return
-	}
 	for {
 		slab, n, err := up.read()
 		if n > 0 {

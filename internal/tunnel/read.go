@@ -203,19 +203,8 @@ func (r *SlabReader) Read() (*[]byte, int, error) {
 // false from handle ends it with nil too. Without a socket underneath it falls back to Read.
 func (r *SlabReader) Stream(stop *atomic.Bool, handle func(p []byte) bool) error {
 	if !r.direct {
-		for !stop.Load() {
-			slab, n, err := r.Read()
-			if err != nil {
-				if err == io.EOF {
-					return nil
-				}
-				return err
-			}
-			ok := handle((*slab)[:n])
-			buffer.PutSlab(slab)
-			if !ok {
-				return nil
-			}
+		if err := PumpReads(r.Read, func() bool { return !stop.Load() }, handle); err != nil || !stop.Load() {
+			return err
 		}
 		return net.ErrClosed
 	}
@@ -286,6 +275,27 @@ func (r *SlabReader) Stream(stop *atomic.Bool, handle func(p []byte) bool) error
 		return why
 	}
 	return err
+}
+
+// PumpReads passes the slabs read returns to handle (returning each to the pool) while more
+// says so, until read fails or handle returns false. It returns nil at io.EOF or when handle
+// declined, and read's error otherwise, as Stream does.
+func PumpReads(read func() (*[]byte, int, error), more func() bool, handle func(p []byte) bool) error {
+	for more() {
+		slab, n, err := read()
+		if err != nil {
+			if err == io.EOF {
+				return nil
+			}
+			return err
+		}
+		ok := handle((*slab)[:n])
+		buffer.PutSlab(slab)
+		if !ok {
+			return nil
+		}
+	}
+	return nil
 }
 
 // WaitReadable is a one-off SlabReader.Wait, for callers without a reader of their own.
