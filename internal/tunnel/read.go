@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"runtime"
 	"sync/atomic"
 	"syscall"
@@ -248,7 +249,7 @@ func (r *SlabReader) Stream(stop *atomic.Bool, handle func(p []byte) bool) error
 				return false
 			case err != nil:
 				buffer.PutSlab(slab)
-				why = err
+				why = &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("read", err)}
 				return true
 			case n == 0:
 				buffer.PutSlab(slab)

@@ -220,3 +220,26 @@ func TestStreamStops(t *testing.T) {
 		t.Fatal("Stream did not end after stop and close")
 	}
 }
+
+// TestStreamSeesReset: a peer that resets the connection ends Stream with a read error, as Go's
+// own Read would report it, not with nil (which would mean a clean end).
+func TestStreamSeesReset(t *testing.T) {
+	client, server := tcpPair(t)
+	r := NewSlabReader(client)
+	var stop atomic.Bool
+	done := make(chan error, 1)
+	go func() { done <- r.Stream(&stop, func([]byte) bool { return true }) }()
+	server.Write([]byte("x"))
+	time.Sleep(20 * time.Millisecond)
+	server.(*net.TCPConn).SetLinger(0)
+	server.Close() // RST
+	select {
+	case err := <-done:
+		var oe *net.OpError
+		if !errors.As(err, &oe) || oe.Op != "read" || !IsReset(err) {
+			t.Fatalf("Stream after a reset: %v, want a read *net.OpError", err)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("Stream did not see the reset")
+	}
+}
