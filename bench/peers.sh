@@ -3,7 +3,8 @@
 # Interleaved: each repetition runs every case on every target back to back, rotating target order.
 # Env: REPS (3), DUR seconds (5), IDLE tunnels (2000), OUT results file (/tmp/switchyard-peers-DATE.jsonl).
 # Ports (fixed, loopback): echo 18080, nginx 18081, haproxy 18082, caddy 18083, switchyard 18084,
-# switchyard two-hop front 18085 / sidecar 18086, switchyard admin 19901-19903.
+# switchyard two-hop front 18085 / sidecar 18086, HAProxy two-hop front 18087 / sidecar 18088,
+# switchyard admin 19901-19903.
 set -euo pipefail
 
 REPS=${REPS:-3}
@@ -101,6 +102,7 @@ url_of() {
     direct) echo ws://127.0.0.1:18080/ ;; nginx) echo ws://127.0.0.1:18081/ ;;
     haproxy) echo ws://127.0.0.1:18082/ ;; caddy) echo ws://127.0.0.1:18083/ ;;
     switchyard) echo ws://127.0.0.1:18084/ ;; sy-2hop) echo ws://127.0.0.1:18085/ ;;
+    hp-2hop) echo ws://127.0.0.1:18087/ ;;
   esac
 }
 start_target() {
@@ -113,14 +115,20 @@ start_target() {
     switchyard) start switchyard 18084 "$BIN_SY" -c "$CONF/switchyard.yaml" ;;
     sy-2hop) start sy-sidecar 18086 "$BIN_SY" -c "$CONF/switchyard-sidecar.yaml"
              start sy-2hop 18085 "$BIN_SY" -c "$CONF/switchyard-front.yaml" ;;
+    hp-2hop) start hp-sidecar 18088 haproxy -db -f "$CONF/haproxy-sidecar.cfg"
+             start hp-2hop 18087 haproxy -db -f "$CONF/haproxy-front.cfg" ;;
   esac
 }
 stop_target() {
-  case $1 in direct) ;; sy-2hop) stop sy-2hop; stop sy-sidecar ;; *) stop "$1" ;; esac
+  case $1 in
+    direct) ;; sy-2hop) stop sy-2hop; stop sy-sidecar ;; hp-2hop) stop hp-2hop; stop hp-sidecar ;;
+    *) stop "$1" ;;
+  esac
 }
 pid_of() {
   case $1 in
     direct) echo "${PID[echo]}" ;; sy-2hop) echo "${PID[sy-2hop]},${PID[sy-sidecar]}" ;;
+    hp-2hop) echo "${PID[hp-2hop]},${PID[hp-sidecar]}" ;;
     *) echo "${PID[$1]}" ;;
   esac
 }
@@ -129,19 +137,22 @@ TARGETS=(direct "${PEERS[@]}" switchyard)
 # WebSocket over HTTP/2 from the client (RFC 8441, h2c prior knowledge): nginx 1.22 and Caddy 2.6 (built
 # with a Go that has no extended CONNECT) cannot take it.
 H2TARGETS=(direct switchyard)
-for p in "${PEERS[@]}"; do [ "$p" = haproxy ] && H2TARGETS+=(haproxy); done
+# The seed's two-hop deployment (H2 between the hops): Switchyard and HAProxy, the one peer here that
+# carries WebSocket over an HTTP/2 upstream (nginx proxies to HTTP/1.x only; Caddy 2.6 has no extended CONNECT).
+PAIRS=(sy-2hop)
+for p in "${PEERS[@]}"; do [ "$p" = haproxy ] && H2TARGETS+=(haproxy) && PAIRS+=(hp-2hop); done
 start echo 18080 "$BIN_BENCH" -serve 127.0.0.1:18080
-restart_all() { local t; for t in "${TARGETS[@]}" sy-2hop; do stop_target "$t"; done
-                for t in "${TARGETS[@]}" sy-2hop; do start_target "$t"; done; }
+restart_all() { local t; for t in "${TARGETS[@]}" "${PAIRS[@]}"; do stop_target "$t"; done
+                for t in "${TARGETS[@]}" "${PAIRS[@]}"; do start_target "$t"; done; }
 restart_all
 
 # case name | flags | targets
 CASES=(
   "echo c=1 64B|-workload echo -conns 1 -size 64|${TARGETS[*]}"
-  "echo c=100 1KiB|-workload echo -conns 100 -size 1024|${TARGETS[*]} sy-2hop"
+  "echo c=100 1KiB|-workload echo -conns 100 -size 1024|${TARGETS[*]} ${PAIRS[*]}"
   "echo c=1000 64B|-workload echo -conns 1000 -size 64|${TARGETS[*]}"
   "h2 echo c=100 1KiB|-proto h2 -workload echo -conns 100 -size 1024|${H2TARGETS[*]}"
-  "bulk 64KiB|-workload bulk -conns 1 -size 65536|${TARGETS[*]} sy-2hop"
+  "bulk 64KiB|-workload bulk -conns 1 -size 65536|${TARGETS[*]} ${PAIRS[*]}"
   "handshakes c=50|-workload handshakes -conns 50|${TARGETS[*]}"
 )
 IDLECASE="idle n=$IDLE|-workload idle -conns $IDLE|${TARGETS[*]}"
