@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"strconv"
 	"strings"
 	"sync"
@@ -623,7 +622,7 @@ func (s *stream) writeHeaders(h *headers.Map, end bool) {
 		h.Set("server", name)
 	}
 	if !h.Has("date") {
-		h.Set("date", time.Now().UTC().Format(http.TimeFormat))
+		h.Set("date", httpDate())
 	}
 	s.m.stats.countResponse(status)
 	bodyless, err := s.down.writeHead(h, status, end, switchProto)
