@@ -169,7 +169,8 @@ func dupSocket(c *net.TCPConn) (int, error) {
 	}
 	nfd, derr := -1, error(nil)
 	if err := rc.Control(func(fd uintptr) {
-		r, _, e := syscall.Syscall(syscall.SYS_FCNTL, fd, syscall.F_DUPFD_CLOEXEC, 0)
+		// Raw: it never blocks, and an announced system call wakes sysmon (see rawsys).
+		r, _, e := syscall.RawSyscall(syscall.SYS_FCNTL, fd, syscall.F_DUPFD_CLOEXEC, 0)
 		if e != 0 {
 			derr = e
 			return
@@ -355,8 +356,10 @@ func (d *direction) run() {
 			t.abort(err)
 			return
 		case n == 0:
-			// The source ended its side: pass the half-close on, and the direction is over.
-			if !d.shutDst {
+			// The source ended its side: pass the half-close on, and the direction is over. When
+			// the other side ended already, the close that follows sends the FIN (dst has no
+			// unread bytes, so it is a FIN and not a reset), and a shutdown would only cost a call.
+			if !d.shutDst && !d.peer.ended {
 				d.shutDst = true
 				rawsys.Shutdown(d.dst, syscall.SHUT_WR)
 			}
