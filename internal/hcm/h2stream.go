@@ -3,6 +3,7 @@ package hcm
 import (
 	"context"
 	"net"
+	"time"
 
 	"github.com/switchyard-proxy/switchyard/headers"
 	"github.com/switchyard-proxy/switchyard/internal/codec/http2"
@@ -82,9 +83,13 @@ func (d *h2Stream) reset() { d.st.Reset(h2.ErrCodeCancel) }
 
 func (d *h2Stream) keepAlive() bool { return true }
 
-// h2Config turns the HCM's http2_protocol_options into the server codec's settings.
-func h2Config(o *config.HTTP2Options, maxHeadersKB int, st *http2.Stats) http2.ServerConfig {
-	cfg := http2.ServerConfig{Stats: st, MaxHeaderListSize: uint32(maxHeadersKB) * 1024}
+// h2Config turns the HCM's http2_protocol_options and drain_timeout into the server codec's
+// settings.
+func h2Config(o *config.HTTP2Options, maxHeadersKB int, drain time.Duration, st *http2.Stats) http2.ServerConfig {
+	cfg := http2.ServerConfig{Stats: st, MaxHeaderListSize: uint32(maxHeadersKB) * 1024, DrainTimeout: drain}
+	if drain == 0 {
+		cfg.DrainTimeout = -1 // drain_timeout: 0s, the final GOAWAY at once (zero is the codec's default)
+	}
 	if o == nil {
 		return cfg
 	}

@@ -115,7 +115,7 @@ func New(cfg *config.HCM, bufferLimit int, st *stats.Store, builders map[string]
 	if maxKB <= 0 {
 		maxKB = config.DefaultMaxHeadersKB
 	}
-	m.h2cfg = h2Config(cfg.HTTP2, maxKB, http2.NewStats(st.Scope("http."+cfg.StatPrefix+".http2")))
+	m.h2cfg = h2Config(cfg.HTTP2, maxKB, cfg.DrainTimeout, http2.NewStats(st.Scope("http."+cfg.StatPrefix+".http2")))
 	compile := func(fs []*config.HTTPFilter) ([]namedFactory, error) {
 		out := make([]namedFactory, 0, len(fs))
 		for _, f := range fs {

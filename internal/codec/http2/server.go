@@ -65,6 +65,11 @@ type ServerConfig struct {
 	// WriteTimeout is how long one socket write may make no progress before the connection is
 	// closed, so a peer that never reads cannot hold the connection. Default 30 s.
 	WriteTimeout time.Duration
+	// DrainTimeout is the longest Shutdown waits between its first GOAWAY (the shutdown notice)
+	// and the final one, while new streams are still taken (Envoy's drain_timeout). The final
+	// GOAWAY goes sooner when the client acks the PING sent after the notice: by then it has
+	// read the notice and opens no more streams. Zero: 5 s; negative: no wait (drain_timeout 0s).
+	DrainTimeout time.Duration
 	// Keepalive sends PINGs and closes the connection when one goes unanswered (Envoy's
 	// connection_keepalive; keepalive_timeout). ConnectionIdleInterval does not apply to a
 	// server, as in Envoy. Default off.
@@ -98,6 +103,12 @@ func (cfg ServerConfig) withDefaults() ServerConfig {
 	if cfg.WriteTimeout <= 0 {
 		cfg.WriteTimeout = 30 * time.Second
 	}
+	switch {
+	case cfg.DrainTimeout == 0:
+		cfg.DrainTimeout = 5 * time.Second
+	case cfg.DrainTimeout < 0:
+		cfg.DrainTimeout = 0
+	}
 	if cfg.Stats == nil {
 		cfg.Stats = NewStats(nil)
 	}
@@ -110,7 +121,7 @@ const (
 	maxReadFrame   = 16384     // we never raise SETTINGS_MAX_FRAME_SIZE
 	prefaceTimeout = 10 * time.Second
 	// closeGrace is how long a closing connection keeps reading after its last GOAWAY, so the
-	// peer gets to read it instead of a TCP reset, and how long Shutdown waits for its PING.
+	// peer gets to read it instead of a TCP reset.
 	closeGrace = time.Second
 	// Rapid reset (CVE-2023-44487) and MadeYouReset (CVE-2025-8671): a stream the client resets
 	// before its response headers, or one we reset because the client broke the protocol on it,
@@ -1007,7 +1018,7 @@ func (c *ServerConn) handlerReturned(s *ServerStream) {
 }
 
 // Shutdown starts a graceful close, as Go and Envoy do: a GOAWAY with the largest stream id (so
-// requests already in flight are still taken), a PING, and once its ack arrives or closeGrace
+// requests already in flight are still taken), a PING, and once its ack arrives or DrainTimeout
 // passes, a GOAWAY with the real last stream id. Later streams are refused, and the connection
 // closes when the open ones finish.
 func (c *ServerConn) Shutdown() {
@@ -1021,7 +1032,7 @@ func (c *ServerConn) Shutdown() {
 		c.stats.GoawaySent.Inc()
 	}
 	c.enqueueLocked(outFrame{kind: outPing, ping: shutdownPing})
-	c.shutdownTimer = time.AfterFunc(closeGrace, func() {
+	c.shutdownTimer = time.AfterFunc(c.cfg.DrainTimeout, func() {
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		c.finalGoAwayLocked()

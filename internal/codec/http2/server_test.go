@@ -630,6 +630,49 @@ func TestGracefulShutdown(t *testing.T) {
 	}
 }
 
+// TestShutdownWaitsDrainTimeout: a client that never acks the PING after the shutdown notice gets
+// the final GOAWAY after DrainTimeout (Envoy's drain_timeout), not sooner, and a stream it opens in
+// that grace period is served.
+func TestShutdownWaitsDrainTimeout(t *testing.T) {
+	const drain = 2 * time.Second // longer than closeGrace, the wait before drain_timeout was honoured
+	ts := startServer(t, ServerConfig{DrainTimeout: drain}, okHandler)
+	rc := dialRaw(t, ts.addr())
+	rc.handshake()
+	ts.conn(0).Shutdown()
+	var notice time.Time
+	for notice.IsZero() {
+		if f, ok := rc.read().(*h2.GoAwayFrame); ok {
+			if f.LastStreamID != 1<<31-1 {
+				t.Fatalf("first GOAWAY last stream id %d, want 2^31-1", f.LastStreamID)
+			}
+			notice = time.Now()
+		}
+	}
+	rc.writeHeaders(1, true, request("GET", "/")...) // raced the notice: still taken
+	served := false
+	for {
+		f, err := rc.tryRead(10 * time.Second)
+		if err != nil {
+			t.Fatalf("waiting for the final GOAWAY: %v", err)
+		}
+		if d, ok := f.(*h2.DataFrame); ok && d.StreamID == 1 && d.StreamEnded() {
+			served = true
+		}
+		if g, ok := f.(*h2.GoAwayFrame); ok {
+			if waited := time.Since(notice); waited < drain-50*time.Millisecond {
+				t.Fatalf("final GOAWAY %v after the notice, want at least the drain timeout %v", waited, drain)
+			}
+			if g.LastStreamID != 1 {
+				t.Fatalf("final GOAWAY last stream id %d, want 1", g.LastStreamID)
+			}
+			break
+		}
+	}
+	if !served {
+		t.Fatal("the stream opened during the drain grace period was not answered")
+	}
+}
+
 // TestCloseEndsHandlers: Close fails blocked reads and writes and Serve waits for the handlers.
 func TestCloseEndsHandlers(t *testing.T) {
 	errs := make(chan error, 2)
