@@ -206,6 +206,36 @@ func TestUpgradeIdleTimeout(t *testing.T) {
 	}
 }
 
+// TestUpgradeIdleTimeoutPerTunnel: tunnels with different idle timeouts each end on their own
+// time. The short one opens after the long one, so its deadline is the earlier of the two when it
+// arrives (one sweep timer serves every engine-carried tunnel).
+func TestUpgradeIdleTimeoutPerTunnel(t *testing.T) {
+	t.Parallel()
+	routes := "- match: {prefix: \"/long\"}\n  route: {cluster: app, idle_timeout: 4s}\n" +
+		"- match: {prefix: \"/\"}\n  route: {cluster: app, idle_timeout: 0.5s}\n"
+	p, up := upgStart(t, harness.Config{HCM: upgHCMws, Routes: routes})
+	lc, lu, _ := upgOpenTunnel(t, p, up, upgWSReq("/long"), "websocket")
+	sc, su, _ := upgOpenTunnel(t, p, up, upgWSReq("/short"), "websocket")
+	opened := time.Now()
+	sc.WaitForEOF(upgWait)
+	su.WaitForEOF(upgWait)
+	if d := time.Since(opened); d > 2500*time.Millisecond {
+		t.Errorf("the 0.5s tunnel closed after %v: it waited for the 4s tunnel's deadline", d)
+	}
+	if lc.Closed() || lu.Closed() {
+		t.Fatal("the 4s tunnel closed with the 0.5s one")
+	}
+	lc.Write("still here")
+	lu.WaitForData("still here", upgWait)
+	if got := p.Stat("http.ingress.downstream_rq_idle_timeout"); got != 1 {
+		t.Errorf("downstream_rq_idle_timeout = %d, want 1", got)
+	}
+	lc.Close()
+	lu.WaitForEOF(upgWait)
+	lu.Close()
+	upgEnd(t, p)
+}
+
 // TestUpgradeMaxStreamDuration: common_http_protocol_options.max_stream_duration ends a tunnel
 // even while it is busy.
 func TestUpgradeMaxStreamDuration(t *testing.T) {

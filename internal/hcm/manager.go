@@ -53,6 +53,10 @@ type Manager struct {
 	liveMu  sync.Mutex
 	live    map[drainer]struct{}    // open connections, told when the listener drains
 	tunnels map[openTunnel]struct{} // open tunnels, closed cleanly when the drain time runs out
+
+	// The parked tunnels' idle timeouts (see watchIdle), guarded by liveMu.
+	idleTimer *time.Timer
+	idleNext  time.Time // when idleTimer fires; zero: it is not set
 }
 
 // CloseTunnels ends every open tunnel cleanly, at the end of the drain time: a WebSocket gets a
