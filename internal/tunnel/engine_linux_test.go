@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 )
 
 // tcpPair returns the two ends of a loopback TCP connection.
@@ -397,5 +398,13 @@ func TestEngineWebSocketBulkThenGoAway(t *testing.T) {
 		}
 		et.t.Abort(errors.New("test over"))
 		et.waitDone(t)
+	}
+}
+
+// TestTunnelRecordFitsSizeClass guards what an idle engine tunnel costs: its record is most of
+// it, and one byte past 256 would put every tunnel in the 288-byte size class.
+func TestTunnelRecordFitsSizeClass(t *testing.T) {
+	if n := unsafe.Sizeof(Tunnel{}); n > 256 {
+		t.Fatalf("Tunnel is %d bytes, want at most 256 (see the field order of direction)", n)
 	}
 }

@@ -15,7 +15,7 @@ const CloseGoingAway = 1001
 type FrameTracker struct {
 	remaining uint64   // payload bytes of the current frame still to pass
 	hdr       [14]byte // a header split across writes
-	n         int      // bytes of hdr filled
+	n         uint8    // bytes of hdr filled (uint8: an idle tunnel's record stays small)
 }
 
 // Feed accounts for p, the next bytes of the stream.
@@ -33,9 +33,9 @@ func (t *FrameTracker) Feed(p []byte) {
 			want = headerLen(t.hdr[:t.n])
 		}
 		k := copy(t.hdr[t.n:want], p)
-		t.n += k
+		t.n += uint8(k)
 		p = p[k:]
-		if t.n >= 2 && t.n == headerLen(t.hdr[:t.n]) {
+		if t.n >= 2 && int(t.n) == headerLen(t.hdr[:t.n]) {
 			t.remaining = payloadLen(t.hdr[:t.n])
 			t.n = 0
 		}
