@@ -85,7 +85,7 @@ func resetOnMonitor(name, typ, field string) string {
 func TestResetHighMemoryStream(t *testing.T) {
 	t.Parallel()
 	up := harness.NewRawUpstream(t)
-	yaml := withOverload(harness.Config{UpstreamPort: up.Port()}.YAML(), resetOnMonitor(
+	yaml := withOverload(adminOutsideConnLimit(harness.Config{UpstreamPort: up.Port()}.YAML()), resetOnMonitor(
 		"envoy.resource_monitors.global_downstream_max_connections",
 		"type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
 		"max_active_downstream_connections: 16"))

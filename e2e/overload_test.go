@@ -30,6 +30,12 @@ func withConnLimit(t *testing.T, yaml, fields string) string {
 // withOverload appends a bootstrap overload_manager (its fields indented two spaces).
 func withOverload(yaml, block string) string { return yaml + "overload_manager:\n" + block }
 
+// adminOutsideConnLimit sets admin.ignore_global_conn_limit, so that the test's stats requests
+// neither take one of the global connections it counts nor get refused.
+func adminOutsideConnLimit(yaml string) string {
+	return strings.Replace(yaml, "admin:\n", "admin:\n  ignore_global_conn_limit: true\n", 1)
+}
+
 // openTunnel opens a WebSocket tunnel through the listener at addr to up and checks that it
 // carries bytes both ways.
 func openTunnel(t *testing.T, addr string, up *harness.RawUpstream) (client, upstream *harness.RawConn) {
@@ -166,7 +172,7 @@ func TestGlobalConnectionLimit(t *testing.T) {
 	second := strings.Replace(yaml[i:j], "- name: ingress", "- name: second", 1)
 	second = strings.Replace(second, "port_value: 0}}", fmt.Sprintf("port_value: %d}}", port), 1)
 	second = strings.Replace(second, "stat_prefix: ingress", "stat_prefix: second", 1)
-	yaml = withOverload(yaml[:j]+second+yaml[j:], `  refresh_interval: 0.05s
+	yaml = withOverload(adminOutsideConnLimit(yaml[:j]+second+yaml[j:]), `  refresh_interval: 0.05s
   resource_monitors:
   - name: envoy.resource_monitors.global_downstream_max_connections
     typed_config:
@@ -211,6 +217,69 @@ func TestGlobalConnectionLimit(t *testing.T) {
 	if v := p.Stat(first + "downstream_global_cx_overflow"); v != 1 {
 		t.Errorf("downstream_global_cx_overflow = %d at the end, want 1", v)
 	}
+}
+
+// TestGlobalConnectionLimitCountsAdmin: as in Envoy, an admin connection takes one of the
+// global_downstream_max_connections (a connection past the limit to the admin endpoint is closed
+// at accept and counted in listener.admin.downstream_global_cx_overflow), unless
+// admin.ignore_global_conn_limit is set.
+func TestGlobalConnectionLimitCountsAdmin(t *testing.T) {
+	t.Parallel()
+	limit := func(max int) string {
+		return fmt.Sprintf(`  refresh_interval: 0.05s
+  resource_monitors:
+  - name: envoy.resource_monitors.global_downstream_max_connections
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig
+      max_active_downstream_connections: %d
+`, max)
+	}
+	t.Run("counted", func(t *testing.T) {
+		t.Parallel()
+		up := harness.NewRawUpstream(t)
+		p := harness.Start(t, withOverload(harness.Config{UpstreamPort: up.Port(), HCM: wsUpgradeHCM}.YAML(), limit(2)))
+		// One admin keep-alive connection and one client connection take both places.
+		admin := harness.Dial(t, p.Admin)
+		admin.Write("GET /ready HTTP/1.1\r\nHost: a\r\n\r\n")
+		if r := readResponses(t, admin, 1)[0]; r.status != 200 {
+			t.Fatalf("/ready: %d %q", r.status, r.body)
+		}
+		plain := harness.Dial(t, p.Addr("ingress"))
+		pu := plainExchange(t, plain, up, nil, 1)
+
+		refusedWithoutResponse(t, p.Addr("ingress"), 0)
+		refusedWithoutResponse(t, p.Admin, 0)
+		// Read the counters over the admitted admin connection: a new one would be refused.
+		admin.Write("GET /stats?filter=downstream_global_cx_overflow HTTP/1.1\r\nHost: a\r\n\r\n")
+		body := readResponses(t, admin, 2)[1].body
+		for _, want := range []string{"listener.admin.downstream_global_cx_overflow: 1", "listener.127.0.0.1_0.downstream_global_cx_overflow: 1"} {
+			if !strings.Contains(body, want) {
+				t.Errorf("/stats lacks %q:\n%s", want, body)
+			}
+		}
+		up.NoConnection(100 * time.Millisecond)
+		plainExchange(t, plain, up, pu, 2) // the admitted ones keep working
+		admin.Close()
+		plain.Close()
+		pu.Close()
+		p.WaitStat("overload.envoy.resource_monitors.global_downstream_max_connections.pressure", 0, ioWait)
+	})
+	t.Run("ignore_global_conn_limit", func(t *testing.T) {
+		t.Parallel()
+		up := harness.NewRawUpstream(t)
+		yaml := adminOutsideConnLimit(harness.Config{UpstreamPort: up.Port(), HCM: wsUpgradeHCM}.YAML())
+		p := harness.Start(t, withOverload(yaml, limit(1)))
+		plain := harness.Dial(t, p.Addr("ingress"))
+		pu := plainExchange(t, plain, up, nil, 1)
+		// The one place is taken, and the admin endpoint still answers (p.Stat is an admin request).
+		p.WaitStat("overload.envoy.resource_monitors.global_downstream_max_connections.pressure", 100, ioWait)
+		refusedWithoutResponse(t, p.Addr("ingress"), 0)
+		if v := p.Stat("listener.admin.downstream_global_cx_overflow"); v != 0 {
+			t.Errorf("listener.admin.downstream_global_cx_overflow = %d, want 0", v)
+		}
+		plain.Close()
+		pu.Close()
+	})
 }
 
 // TestStopAcceptingRequests: a fixed_heap monitor whose limit the heap always exceeds saturates

@@ -64,6 +64,10 @@ type Options struct {
 	Quit       func()                           // /quitquitquit: begins immediate shutdown; called once, on its own goroutine, so it may call Close; nil → 404
 	Drain      func(graceful, inboundOnly bool) // /drain_listeners: begins a drain and returns; nil → 404
 	Logger     *slog.Logger                     // nil: discard
+	// Admit is asked for every accepted connection, as Envoy counts admin connections toward
+	// global_downstream_max_connections: false closes the connection at once; true gives the
+	// release to call when it closes. Nil: every connection is taken.
+	Admit func() (release func(), ok bool)
 }
 
 // ClusterStatus is one cluster as /clusters shows it.
@@ -137,6 +141,9 @@ func Start(opts Options) (*Server, error) {
 	ln, err := net.Listen("tcp", opts.Address)
 	if err != nil {
 		return nil, fmt.Errorf("admin: %w", err)
+	}
+	if opts.Admit != nil {
+		ln = &admitListener{Listener: ln, admit: opts.Admit}
 	}
 	s := &Server{
 		opts:    opts,
@@ -526,4 +533,38 @@ func (s *Server) handleDrain(w http.ResponseWriter, r *http.Request) {
 	s.log.Info("admin: draining listeners", "graceful", graceful, "inboundonly", inboundOnly)
 	s.opts.Drain(graceful, inboundOnly)
 	reply(w, http.StatusOK, contentText, "OK\n")
+}
+
+// admitListener closes at accept the connections Admit refuses, and gives back the admitted
+// ones' places when they close.
+type admitListener struct {
+	net.Listener
+	admit func() (release func(), ok bool)
+}
+
+func (l *admitListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		release, ok := l.admit()
+		if !ok {
+			c.Close()
+			continue
+		}
+		return &admittedConn{Conn: c, release: release}, nil
+	}
+}
+
+// admittedConn releases its place once, at the first Close.
+type admittedConn struct {
+	net.Conn
+	once    sync.Once
+	release func()
+}
+
+func (c *admittedConn) Close() error {
+	c.once.Do(c.release)
+	return c.Conn.Close()
 }

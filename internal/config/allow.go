@@ -17,9 +17,9 @@ import (
 var allowList = map[protoreflect.FullName]string{
 	"envoy.config.bootstrap.v3.Bootstrap":                 "node static_resources admin overload_manager",
 	"envoy.config.bootstrap.v3.Bootstrap.StaticResources": "listeners clusters",
-	"envoy.config.bootstrap.v3.Admin":                     "address access_log access_log_path", // logs: ignored with a warning
-	"envoy.config.core.v3.Node":                           "*",                                  // identity only: no effect on traffic
-	"envoy.config.accesslog.v3.AccessLog":                 "*",                                  // reachable only from admin; ignored
+	"envoy.config.bootstrap.v3.Admin":                     "address access_log access_log_path ignore_global_conn_limit", // logs: ignored with a warning
+	"envoy.config.core.v3.Node":                           "*",                                                           // identity only: no effect on traffic
+	"envoy.config.accesslog.v3.AccessLog":                 "*",                                                           // reachable only from admin; ignored
 	"envoy.config.core.v3.Address":                        "socket_address",
 	"envoy.config.core.v3.SocketAddress":                  "address port_value",
 

@@ -72,7 +72,7 @@ func (c *compiler) compile(b *bootstrapv3.Bootstrap) (*Snapshot, error) {
 		}
 		if a.GetAddress() != nil {
 			host, port := c.socketAddress(a.GetAddress(), path{"admin", "address"})
-			s.Admin = &Admin{Address: net.JoinHostPort(host, strconv.Itoa(port))}
+			s.Admin = &Admin{Address: net.JoinHostPort(host, strconv.Itoa(port)), IgnoreGlobalConnLimit: a.GetIgnoreGlobalConnLimit()}
 		}
 	}
 	c.clusters = s.ByName

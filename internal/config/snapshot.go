@@ -47,6 +47,9 @@ type Snapshot struct {
 // Admin is the admin listener.
 type Admin struct {
 	Address string // host:port
+	// IgnoreGlobalConnLimit keeps admin connections out of global_downstream_max_connections
+	// (Envoy's admin.ignore_global_conn_limit; by default they count, as in Envoy).
+	IgnoreGlobalConnLimit bool
 }
 
 // Listener is one static listener with one HTTP connection manager.

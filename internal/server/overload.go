@@ -33,7 +33,7 @@ type overloadManager struct {
 	log      *slog.Logger
 
 	maxConns      int64        // global_downstream_max_connections; 0: no global limit
-	conns         atomic.Int64 // downstream connections open on all listeners (admin excluded)
+	conns         atomic.Int64 // downstream connections open on all listeners, admin included unless it opts out
 	connsPressure *stats.Gauge // nil without the connections monitor
 
 	heaps        []*heapMonitor

@@ -129,6 +129,7 @@ func (s *Server) Start() error {
 			Quit:       s.Quit,
 			Drain:      func(bool, bool) { s.Drain() },
 			Logger:     s.log,
+			Admit:      s.admitAdmin(),
 		})
 		if err != nil {
 			s.Close()
@@ -257,6 +258,24 @@ func (s *Server) ListenerAddrs() []net.Addr {
 		out[i] = ln.Addr()
 	}
 	return out
+}
+
+// admitAdmin is the admin endpoint's part of the global connection limit: like Envoy, admin
+// connections count toward global_downstream_max_connections unless
+// admin.ignore_global_conn_limit, and one past it is closed at accept and counted in
+// listener.admin.downstream_global_cx_overflow.
+func (s *Server) admitAdmin() func() (func(), bool) {
+	if s.overload == nil || s.overload.maxConns <= 0 || s.snap.Admin.IgnoreGlobalConnLimit {
+		return nil
+	}
+	overflow := s.store.Scope("listener.admin").Counter("downstream_global_cx_overflow")
+	return func() (func(), bool) {
+		if !s.overload.tryAllocateConn() {
+			overflow.Inc()
+			return nil, false
+		}
+		return s.overload.releaseConn, true
+	}
 }
 
 // AdminAddr returns the admin endpoint's address, or nil.
