@@ -42,7 +42,7 @@ var allowList = map[protoreflect.FullName]string{
 		"max_inbound_priority_frames_per_stream max_inbound_window_update_frames_per_data_frame_sent connection_keepalive",
 	"envoy.config.core.v3.KeepaliveSettings":         "interval timeout interval_jitter connection_idle_interval",
 	"envoy.type.v3.Percent":                          "value",
-	"envoy.extensions.filters.http.router.v3.Router": "",
+	"envoy.extensions.filters.http.router.v3.Router": "suppress_envoy_headers",
 	"envoy.extensions.filters.http.buffer.v3.Buffer": "max_request_bytes",
 
 	"envoy.config.route.v3.RouteConfiguration": "name virtual_hosts request_headers_to_add request_headers_to_remove " +

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	"github.com/switchyard-proxy/switchyard/buffer"
 	"github.com/switchyard-proxy/switchyard/filter"
 	"github.com/switchyard-proxy/switchyard/headers"
@@ -68,9 +69,11 @@ const (
 
 // Builder returns the router filter's builder, bound to the snapshot's clusters.
 func Builder(cm *cluster.Manager, log *slog.Logger) filter.Builder {
-	return func(proto.Message) (filter.Factory, error) {
+	return func(msg proto.Message) (filter.Factory, error) {
+		rc, _ := msg.(*routerv3.Router)
+		suppress := rc.GetSuppressEnvoyHeaders()
 		return func(cb filter.Callbacks) any {
-			r := &routerFilter{cb: cb, cm: cm, log: log, retainable: true}
+			r := &routerFilter{cb: cb, cm: cm, log: log, retainable: true, suppressEnvoyHeaders: suppress}
 			r.cond = sync.NewCond(&r.mu)
 			if info, ok := cb.(StreamInfo); ok {
 				r.info = info
@@ -92,6 +95,9 @@ type routerFilter struct {
 	info StreamInfo
 	cm   *cluster.Manager
 	log  *slog.Logger
+	// suppressEnvoyHeaders is the Router's suppress_envoy_headers: none of the x-envoy-* headers
+	// the router adds (expected-rq-timeout-ms, original-path, upstream-service-time, overloaded).
+	suppressEnvoyHeaders bool
 
 	// Set by DecodeHeaders on the decode goroutine before any attempt starts; read-only after.
 	action    *config.RouteAction
@@ -114,10 +120,11 @@ type routerFilter struct {
 	queue       []byte     // request bytes not yet written to the current attempt
 	retained    []byte     // every request byte so far, kept for a retry while it fits the limit
 	retainable  bool
-	bodyEnd     bool // the client's end of stream has been received
-	direct      bool // the tunnel is open: DecodeData writes straight to the upstream connection
-	finished    bool // no more attempts: the response is decided or the stream is gone
-	established bool // the upstream switched protocols
+	bodyEnd     bool      // the client's end of stream has been received
+	requestDone time.Time // when bodyEnd became true, for x-envoy-upstream-service-time
+	direct      bool      // the tunnel is open: DecodeData writes straight to the upstream connection
+	finished    bool      // no more attempts: the response is decided or the stream is gone
+	established bool      // the upstream switched protocols
 	att         *attempt
 	timer       *time.Timer // the route timeout
 	started     bool        // DecodeHeaders began the request
@@ -220,6 +227,9 @@ func (r *routerFilter) DecodeHeaders(h *headers.Map, end bool) filter.Status {
 	r.stopCtx = stop
 	r.mu.Lock()
 	r.bodyEnd = end
+	if end {
+		r.requestDone = time.Now()
+	}
 	if r.upgrade != "" || end {
 		// Envoy arms the route timeout at the end of the request; an upgrade never ends its
 		// request, so for upgrades it covers the wait for the 101 from the headers on.
@@ -252,6 +262,7 @@ func (r *routerFilter) DecodeData(b *buffer.Buffer, end bool) filter.Status {
 	}
 	if end {
 		r.bodyEnd = true
+		r.requestDone = time.Now()
 		if r.upgrade == "" {
 			r.armTimeout()
 		}
@@ -407,7 +418,9 @@ func (r *routerFilter) requestHeaders(h *headers.Map, route *config.Route) *head
 	if a.HasPrefixRewrite {
 		path := up.Get(headers.Path)
 		if len(path) >= len(route.Match.Prefix) {
-			up.Set("x-envoy-original-path", path)
+			if !r.suppressEnvoyHeaders {
+				up.Set("x-envoy-original-path", path)
+			}
 			up.Set(headers.Path, a.PrefixRewrite+path[len(route.Match.Prefix):])
 		}
 	}
@@ -428,7 +441,7 @@ func (r *routerFilter) requestHeaders(h *headers.Map, route *config.Route) *head
 	mutate(up, route.RequestHeadersToAdd, route.RequestHeadersToRemove)
 	r.respAdd = append(r.respAdd, route.ResponseHeadersToAdd)
 	r.respDel = append(r.respDel, route.ResponseHeadersToRemove)
-	if a.Timeout > 0 {
+	if a.Timeout > 0 && !r.suppressEnvoyHeaders {
 		up.Set("x-envoy-expected-rq-timeout-ms", strconv.FormatInt(a.Timeout.Milliseconds(), 10))
 	}
 	if r.chunked {

@@ -150,7 +150,10 @@ func (r *routerFilter) failOverloaded() {
 		return
 	}
 	h := headers.New(headers.Status, "503", "content-type", "text/plain",
-		"content-length", strconv.Itoa(len(bodyOverflow)), "x-envoy-overloaded", "true")
+		"content-length", strconv.Itoa(len(bodyOverflow)))
+	if !r.suppressEnvoyHeaders {
+		h.Set("x-envoy-overloaded", "true")
+	}
 	r.cb.EncodeHeaders(h, false)
 	r.cb.EncodeData(buffer.Wrap([]byte(bodyOverflow)), true)
 }
@@ -335,6 +338,7 @@ func (r *routerFilter) relay(att *attempt, resp *upResponse, reusable bool) {
 		headers.StripUpgrade(h)
 	}
 	r.responseHeaders(h)
+	r.serviceTime(h)
 	// finish ends the exchange with the upstream before the last byte goes downstream: once the
 	// client has the whole response the stream ends and tears down whatever attempt it still
 	// sees, so a clean connection must be back in the pool by then.
@@ -376,6 +380,21 @@ func (r *routerFilter) relay(att *attempt, resp *upResponse, reusable bool) {
 			r.cb.SendLocalReply(502, bodyReset, "upstream_reset_after_response_started")
 			return
 		}
+	}
+}
+
+// serviceTime adds Envoy's x-envoy-upstream-service-time: milliseconds from the end of the
+// client's request to the upstream's response headers. As in Envoy, only when the request was
+// complete before the response began: never on an upgrade's answer, whose request never ends.
+func (r *routerFilter) serviceTime(h *headers.Map) {
+	if r.suppressEnvoyHeaders {
+		return
+	}
+	r.mu.Lock()
+	done := r.requestDone
+	r.mu.Unlock()
+	if !done.IsZero() {
+		h.Set("x-envoy-upstream-service-time", strconv.FormatInt(time.Since(done).Milliseconds(), 10))
 	}
 }
 
