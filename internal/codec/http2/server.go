@@ -63,7 +63,8 @@ type ServerConfig struct {
 	// (inbound_window_update_frames_flood). Default 10.
 	MaxInboundWindowUpdateFramesPerDataFrameSent int
 	// WriteTimeout is how long one socket write may make no progress before the connection is
-	// closed, so a peer that never reads cannot hold the connection. Default 30 s.
+	// closed, so a peer that never reads cannot hold the connection: at least half of it, at
+	// most all (see WriteDeadline). Default 30 s.
 	WriteTimeout time.Duration
 	// DrainTimeout is the longest Shutdown waits between its first GOAWAY (the shutdown notice)
 	// and the final one, while new streams are still taken (Envoy's drain_timeout). The final
@@ -260,9 +261,10 @@ func NewServerConn(nc net.Conn, br *bufio.Reader, cfg ServerConfig, handle func(
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.wcond.L = &c.mu
 	sock := rawsys.NewConnWriter(nc)
-	c.bw = bufio.NewWriterSize(deadlineWriter{nc: nc, sock: sock, timeout: cfg.WriteTimeout}, 16<<10)
+	deadline := &WriteDeadline{Timeout: cfg.WriteTimeout}
+	c.bw = bufio.NewWriterSize(deadlineWriter{nc: nc, sock: sock, deadline: deadline}, 16<<10)
 	if tc := plainTCP(nc); tc != nil && sock != nil {
-		c.vec.w, c.vec.sock, c.vec.timeout = tc, sock, cfg.WriteTimeout
+		c.vec.w, c.vec.sock, c.vec.deadline = tc, sock, deadline
 	}
 	c.src = NewFrameSource(br)
 	c.fr = h2.NewFramer(c.bw, c.src)

@@ -2,7 +2,6 @@ package http2
 
 import (
 	"net"
-	"time"
 
 	h2 "golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
@@ -173,11 +172,11 @@ func (c *ServerConn) writeDataDirectLocked(s *ServerStream, p []byte, end bool) 
 // vectored writes several DATA frames with one writev(2): their 9-byte headers and the caller's
 // payload slices side by side, no copy. Owned by the holder of c.writing.
 type vectored struct {
-	w       *net.TCPConn       // nil: not a plain TCP socket
-	sock    *rawsys.ConnWriter // w's, counting as the connection does
-	timeout time.Duration
-	hdrs    [maxDataChunk/16384 + 1][9]byte
-	bufs    [2 * (maxDataChunk/16384 + 1)][]byte
+	w        *net.TCPConn       // nil: not a plain TCP socket
+	sock     *rawsys.ConnWriter // w's, counting as the connection does
+	deadline *WriteDeadline     // shared with the connection's deadlineWriter
+	hdrs     [maxDataChunk/16384 + 1][9]byte
+	bufs     [2 * (maxDataChunk/16384 + 1)][]byte
 }
 
 // writeDataVectored frames p (at most maxDataChunk) as DATA no larger than maxFrame and writes the
@@ -201,7 +200,7 @@ func (c *ServerConn) writeDataVectored(id uint32, p []byte, end bool, maxFrame i
 	if len(p) > 0 {
 		return c.writeDataFrames(id, p, end, maxFrame) // cannot happen: p is at most maxDataChunk
 	}
-	if err := v.w.SetWriteDeadline(time.Now().Add(v.timeout)); err != nil {
+	if err := v.deadline.Extend(v.w); err != nil {
 		return err
 	}
 	_, err := v.sock.Writev(bufs)
@@ -329,17 +328,17 @@ func (c *ServerConn) writeData(f *outFrame) error {
 	return err
 }
 
-// deadlineWriter gives every socket write its own deadline, so a peer that stops reading holds
-// the writer (and, through the outbound limits, the connection) for at most timeout.
+// deadlineWriter keeps a write deadline ahead of every socket write, so a peer that stops reading
+// holds the writer (and, through the outbound limits, the connection) for at most the timeout.
 // On a plain TCP socket it writes through sock (see rawsys), which counts the bytes as nc would.
 type deadlineWriter struct {
-	nc      net.Conn
-	sock    *rawsys.ConnWriter // nil: write to nc
-	timeout time.Duration
+	nc       net.Conn
+	sock     *rawsys.ConnWriter // nil: write to nc
+	deadline *WriteDeadline
 }
 
 func (w deadlineWriter) Write(p []byte) (int, error) {
-	if err := w.nc.SetWriteDeadline(time.Now().Add(w.timeout)); err != nil {
+	if err := w.deadline.Extend(w.nc); err != nil {
 		return 0, err
 	}
 	if w.sock != nil {

@@ -197,17 +197,17 @@ type ClientConn struct {
 	goAwayOnCloseCode ErrCode
 }
 
-// deadlineWriter sets a fresh write deadline before every socket write so that one stalled
-// write fails after WriteTimeout instead of blocking the writer goroutine forever.
-// On a plain TCP socket it writes through sock (see rawsys).
+// deadlineWriter keeps a write deadline ahead of every socket write so that one stalled write
+// fails within WriteTimeout (see http2.WriteDeadline) instead of blocking the writer goroutine
+// forever. On a plain TCP socket it writes through sock (see rawsys).
 type deadlineWriter struct {
-	nc   net.Conn
-	sock *rawsys.ConnWriter // nil: write to nc
-	d    time.Duration
+	nc       net.Conn
+	sock     *rawsys.ConnWriter // nil: write to nc
+	deadline http2.WriteDeadline
 }
 
 func (w *deadlineWriter) Write(p []byte) (int, error) {
-	if err := w.nc.SetWriteDeadline(time.Now().Add(w.d)); err != nil {
+	if err := w.deadline.Extend(w.nc); err != nil {
 		return 0, err
 	}
 	if w.sock != nil {
@@ -240,7 +240,7 @@ func NewClientConn(nc net.Conn, cfg Config) (*ClientConn, error) {
 		recvWindow:     int64(cfg.InitialConnectionWindowSize),
 		wMaxFrame:      defaultFrameSize,
 	}
-	c.dw = &deadlineWriter{nc: nc, sock: rawsys.NewConnWriter(nc), d: cfg.WriteTimeout}
+	c.dw = &deadlineWriter{nc: nc, sock: rawsys.NewConnWriter(nc), deadline: http2.WriteDeadline{Timeout: cfg.WriteTimeout}}
 	c.bw = bufio.NewWriterSize(c.dw, bufSize+maxDataChunk/minFrameSize*frameHeaderLen) // a whole chunk's frames in one write
 	c.wfr = h2.NewFramer(c.bw, nil)
 	c.henc = hpack.NewEncoder(&c.hbuf)

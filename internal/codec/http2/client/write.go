@@ -9,6 +9,7 @@ import (
 	"golang.org/x/net/http2/hpack"
 
 	"github.com/switchyard-proxy/switchyard/headers"
+	"github.com/switchyard-proxy/switchyard/internal/codec/http2"
 )
 
 type writeKind uint8
@@ -92,7 +93,8 @@ func (c *ClientConn) drainAndClose() {
 		c.stats.GoawaySent.Inc()
 	}
 	if c.werr == nil {
-		c.dw.d = min(c.dw.d, time.Second) // a closing connection does not wait long for its peer
+		// A closing connection does not wait long for its peer: a fresh deadline, at most 1 s.
+		c.dw.deadline = http2.WriteDeadline{Timeout: min(c.dw.deadline.Timeout, time.Second)}
 		c.werr = c.bw.Flush()
 	}
 	c.nc.Close()
