@@ -482,7 +482,10 @@ func TestLoadUpstreamReset(t *testing.T) {
 			}
 			t.Logf("%d client connections closed within %v of the resets, at most %v after their last byte (%d KiB moved before)",
 				tc.tunnels, slowest.Round(time.Millisecond), lag.Round(time.Millisecond), before>>10)
-			if lag > 3*time.Second {
+			// A connection the proxy failed to close would stay open until its idle timeout (300 s).
+			// 10 s, not less: on a CI machine loaded with race-detector tests, draining the buffered
+			// bytes of a hundred tunnels and the abort's turn on the loop once took 3.5 s.
+			if lag > 10*time.Second {
 				t.Errorf("a client connection closed %v after the last byte its reset upstream had sent, want promptly", lag)
 			}
 			// The clients' writers must fail on their own: the proxy closed the connection, it did
