@@ -130,6 +130,7 @@ type direction struct {
 	shutDst  bool // dst's write side was shut
 	shutNext bool // shut dst's write side once the pending bytes are out
 	queued   bool // in the loop's ready list
+	bulk     bool // the last read filled the buffer: bulk data, for run and its splices
 }
 
 // ErrEngineClosed is the reason of a tunnel whose sockets failed under the engine.
@@ -372,6 +373,7 @@ func (d *direction) run() {
 			d.end()
 			return
 		}
+		d.bulk = n == len(buf)
 		if d.closed {
 			continue // after our Close nothing may follow it
 		}
@@ -735,7 +737,7 @@ func (l *loop) runBatch(ds []*direction) {
 // batchable reports whether d's next step is a plain read and write.
 func (d *direction) batchable() bool {
 	t := d.t
-	return d.readable && !t.over && !d.ended && !d.pending() && d.pipe == nil && !t.goAway && !d.closed
+	return d.readable && !d.bulk && !t.over && !d.ended && !d.pending() && d.pipe == nil && !t.goAway && !d.closed
 }
 
 // slot is batch slot i's read buffer.
