@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"runtime"
@@ -516,6 +517,52 @@ func TestEngineManyBusyTunnels(t *testing.T) {
 		r.Close()
 		if e.loops[0].batched.Load() == 0 {
 			t.Fatal("with io_uring available, no read went in a batch")
+		}
+	})
+}
+
+// A loop waits in epoll_wait with few tunnels and in Go's poller with many: tunnels keep carrying
+// bytes across the switches both ways, and Abort reaches a loop in either.
+func TestEngineWaitSwitches(t *testing.T) {
+	forEachMode(t, func(t *testing.T, ring bool) {
+		e := newEngine(1, ring)
+		echo := func(et *engineTunnel, tag string) {
+			t.Helper()
+			et.client.Write([]byte(tag))
+			if got := readN(t, et.server, len(tag)); string(got) != tag {
+				t.Fatalf("%s: server got %q", tag, got)
+			}
+			et.server.Write([]byte(tag))
+			if got := readN(t, et.client, len(tag)); string(got) != tag {
+				t.Fatalf("%s: client got %q", tag, got)
+			}
+		}
+		first := startEngineTunnel(t, e, Options{})
+		echo(first, "alone") // one tunnel: epoll_wait
+		var more []*engineTunnel
+		for i := range 2 * loopPollMin {
+			et := startEngineTunnel(t, e, Options{})
+			echo(et, fmt.Sprint("added ", i))
+			more = append(more, et)
+		}
+		echo(first, "crowded") // many: the poller
+		for i, et := range more {
+			et.t.Abort(errors.New("test: fewer tunnels"))
+			if why := et.waitDone(t); why == nil {
+				t.Fatal("an aborted tunnel ended cleanly")
+			}
+			echo(first, fmt.Sprint("after abort ", i))
+		}
+		echo(first, "alone again")
+		first.client.CloseWrite()
+		expectEOF(t, first.server)
+		first.server.CloseWrite()
+		expectEOF(t, first.client)
+		if why := first.waitDone(t); why != nil {
+			t.Fatalf("clean end reported %v", why)
+		}
+		if n := e.loops[0].switches.Load(); n < 3 {
+			t.Fatalf("the loop changed how it waits %d times, want 3 (epoll_wait, poller, epoll_wait)", n)
 		}
 	})
 }
