@@ -14,8 +14,10 @@ type Options struct {
 	// Moved is told of every n bytes read from A (toB) or from B, before they are written on.
 	// It runs on the engine's goroutines: it must be quick and must not block.
 	Moved func(toB bool, n int)
-	// Done is called once, from a goroutine of its own, when both directions have ended (nil) or
-	// the tunnel was aborted (why). The engine does not touch the sockets after that, and the
-	// caller must close both: closing is also what takes them out of the engine's epoll set.
+	// Done is called once when both directions have ended (nil) or the tunnel was aborted (why).
+	// The engine does not touch the sockets after that, and the caller must close both: closing
+	// is also what takes them out of the engine's epoll set. Like Moved it runs on the engine's
+	// goroutine (a goroutine of its own per tunnel cost a thread wake-up per handshake): it must
+	// be quick, and may take locks only for short work that never waits for the engine.
 	Done func(why error)
 }

@@ -251,7 +251,7 @@ func (t *Tunnel) finish() {
 	t.loop.closeFD(t.ab.src)
 	t.loop.closeFD(t.ba.src)
 	if t.done != nil {
-		go t.done(t.why)
+		t.done(t.why)
 	}
 }
 
