@@ -567,6 +567,75 @@ func TestEngineWaitSwitches(t *testing.T) {
 	})
 }
 
+// A ring that fails is given up: a failed batch of reads loses nothing (what was read is written
+// the old way, and the loop goes on one call at a time); a failed batch of writes aborts only the
+// tunnels whose bytes it carried, since whether they went is unknown.
+func TestEngineRingFailure(t *testing.T) {
+	if r, err := uring.New(1); err != nil {
+		t.Skipf("io_uring is not available here: %v", err)
+	} else {
+		r.Close()
+	}
+	for _, failAt := range []int{1, 2} { // the reads' batch, the writes' batch
+		t.Run(fmt.Sprint("submit ", failAt), func(t *testing.T) {
+			var calls atomic.Int32
+			failed := make(chan struct{})
+			submitRing = func(r *uring.Ring, res []int32) error {
+				err := r.Submit(res)
+				if calls.Add(1) == int32(failAt) {
+					close(failed)
+					return errors.New("test: ring failed")
+				}
+				return err
+			}
+			t.Cleanup(func() { submitRing = (*uring.Ring).Submit })
+			e := newEngine(1, true)
+			const n = 8
+			ets := make([]*engineTunnel, n)
+			for i := range ets {
+				ets[i] = startEngineTunnel(t, e, Options{})
+			}
+			// All clients write at once, so that the loop's first round has many directions.
+			for i, et := range ets {
+				et.client.Write([]byte(fmt.Sprint("message ", i)))
+			}
+			<-failed
+			for i, et := range ets {
+				// Every message arrives (the failed batches here did run).
+				msg := fmt.Sprint("message ", i)
+				if got := readN(t, et.server, len(msg)); string(got) != msg {
+					t.Fatalf("tunnel %d: server got %q, want %q", i, got, msg)
+				}
+				// Then each tunnel works on one call at a time, or was aborted because a failed
+				// batch of writes carried its bytes: never a clean end that lost something.
+				et.server.Write([]byte("back"))
+				et.client.SetReadDeadline(time.Now().Add(5 * time.Second))
+				back := make([]byte, 4)
+				if _, err := io.ReadFull(et.client, back); err != nil {
+					if failAt == 1 {
+						t.Fatalf("tunnel %d failed after a failed batch of reads: %v", i, err)
+					}
+					if why := et.waitDone(t); why == nil {
+						t.Fatalf("tunnel %d stopped carrying bytes but ended cleanly", i)
+					}
+					continue
+				}
+				if string(back) != "back" {
+					t.Fatalf("tunnel %d: client got %q", i, back)
+				}
+				et.client.CloseWrite()
+				et.server.CloseWrite()
+				if why := et.waitDone(t); why != nil {
+					t.Fatalf("tunnel %d ended with %v", i, why)
+				}
+			}
+			if e.loops[0].ring != nil {
+				t.Fatal("the loop kept using a ring that failed")
+			}
+		})
+	}
+}
+
 // TestTunnelRecordFitsSizeClass guards what an idle engine tunnel costs: its record is most of
 // it, and one byte past 256 would put every tunnel in the 288-byte size class.
 func TestTunnelRecordFitsSizeClass(t *testing.T) {
