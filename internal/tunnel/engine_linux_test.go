@@ -595,29 +595,51 @@ func TestEngineRingFailure(t *testing.T) {
 			for i := range ets {
 				ets[i] = startEngineTunnel(t, e, Options{})
 			}
-			// All clients write at once, so that the loop's first round has many directions.
-			for i, et := range ets {
-				et.client.Write([]byte(fmt.Sprint("message ", i)))
-			}
-			<-failed
-			for i, et := range ets {
-				// Every message arrives (the failed batches here did run).
-				msg := fmt.Sprint("message ", i)
-				if got := readN(t, et.server, len(msg)); string(got) != msg {
-					t.Fatalf("tunnel %d: server got %q, want %q", i, got, msg)
+			// All clients write at once, round after round, until a round of the loop has had
+			// several directions to serve (the ring is used only then).
+			want := make([]string, n)
+			for round := 1; ; round++ {
+				for i, et := range ets {
+					msg := fmt.Sprintf("round %d tunnel %d;", round, i)
+					want[i] += msg
+					et.client.Write([]byte(msg))
 				}
-				// Then each tunnel works on one call at a time, or was aborted because a failed
-				// batch of writes carried its bytes: never a clean end that lost something.
-				et.server.Write([]byte("back"))
-				et.client.SetReadDeadline(time.Now().Add(5 * time.Second))
-				back := make([]byte, 4)
-				if _, err := io.ReadFull(et.client, back); err != nil {
+				select {
+				case <-failed:
+				case <-time.After(100 * time.Millisecond):
+					if round < 100 {
+						continue
+					}
+					t.Fatal("no round of the loop made a batch")
+				}
+				break
+			}
+			for i, et := range ets {
+				// Every message arrives, and then the tunnel works on one call at a time; or
+				// (writes only) it was aborted because a failed batch carried its bytes. Never a
+				// clean end that lost something.
+				aborted := func(what string, err error) {
 					if failAt == 1 {
-						t.Fatalf("tunnel %d failed after a failed batch of reads: %v", i, err)
+						t.Fatalf("tunnel %d: %s after a failed batch of reads: %v", i, what, err)
 					}
 					if why := et.waitDone(t); why == nil {
 						t.Fatalf("tunnel %d stopped carrying bytes but ended cleanly", i)
 					}
+				}
+				et.server.SetReadDeadline(time.Now().Add(5 * time.Second))
+				got := make([]byte, len(want[i]))
+				if _, err := io.ReadFull(et.server, got); err != nil {
+					aborted("messages lost", err)
+					continue
+				}
+				if string(got) != want[i] {
+					t.Fatalf("tunnel %d: server got %q, want %q", i, got, want[i])
+				}
+				et.server.Write([]byte("back"))
+				et.client.SetReadDeadline(time.Now().Add(5 * time.Second))
+				back := make([]byte, 4)
+				if _, err := io.ReadFull(et.client, back); err != nil {
+					aborted("no echo", err)
 					continue
 				}
 				if string(back) != "back" {
