@@ -13,6 +13,7 @@ package uring
 
 import (
 	"errors"
+	"fmt"
 	"sync/atomic"
 	"syscall"
 	"unsafe"
@@ -148,7 +149,49 @@ func New(entries int) (*Ring, error) {
 		r.sqArray[i] = uint32(i)
 	}
 	r.buffs = make([][]byte, p.sqEntries)
+	if err := r.selfTest(); err != nil {
+		r.Close() // closing the ring also cancels an operation it left pending
+		return nil, err
+	}
 	return r, nil
+}
+
+// selfTest checks, on a socket pair, what the engine relies on: send and recv exist (Linux 5.6),
+// and a recv with MSG_DONTWAIT on an empty socket comes back -EAGAIN inside the submitting call
+// instead of waiting in the kernel with the caller's buffer (kernels differ on that).
+func (r *Ring) selfTest() error {
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer syscall.Close(fds[0])
+	defer syscall.Close(fds[1])
+	var buf [1]byte
+	res := []int32{1}
+	r.Recv(fds[0], buf[:], 0)
+	atomic.StoreUint32(r.sqTail, *r.sqTail+1)
+	r.queued = 0
+	if _, _, e := syscall.Syscall6(sysEnter, uintptr(r.fd), 1, 0, enterGetEvents, 0, 0); e != 0 {
+		return e
+	}
+	head, tail := *r.cqHead, atomic.LoadUint32(r.cqTail)
+	if head == tail {
+		return errors.New("uring: a recv on an empty socket waited instead of failing with EAGAIN")
+	}
+	res[0] = r.cqes[head&r.cqMask].res
+	atomic.StoreUint32(r.cqHead, head+1)
+	if res[0] != -int32(syscall.EAGAIN) {
+		return fmt.Errorf("uring: recv on an empty socket gave %d, want -EAGAIN", res[0])
+	}
+	buf[0] = 'x'
+	if r.Send(fds[1], buf[:], 0); r.Submit(res) != nil || res[0] != 1 {
+		return fmt.Errorf("uring: send gave %d, want 1", res[0])
+	}
+	buf[0] = 0
+	if r.Recv(fds[0], buf[:], 0); r.Submit(res) != nil || res[0] != 1 || buf[0] != 'x' {
+		return fmt.Errorf("uring: recv gave %d (%q), want 1 byte", res[0], buf[0])
+	}
+	return nil
 }
 
 // Size is the most operations a batch holds.
