@@ -417,7 +417,8 @@ func (d *direction) sendClose() {
 // loop is one epoll set and the goroutine that serves it while it holds tunnels.
 type loop struct {
 	mu      sync.Mutex
-	epfd    int      // the epoll set; 0 until the first tunnel
+	opened  bool     // epfd and wakeFD exist (from the first tunnel on)
+	epfd    int      // the epoll set
 	polled  *os.File // a duplicate of epfd in Go's poller, while the loop waits there
 	rc      syscall.RawConn
 	wakeFD  int // an eventfd in the set, to wake the loop for work from other goroutines
@@ -474,8 +475,8 @@ const loopEvents = 128
 const wakeID = 0
 
 func (l *loop) open() error {
-	if l.epfd != 0 {
-		return nil
+	if l.opened {
+		return nil // (a descriptor number says nothing: 0 is free in a process started without stdin)
 	}
 	fd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
 	if err != nil {
@@ -500,7 +501,7 @@ func (l *loop) open() error {
 		syscall.Close(int(wfd))
 		return err
 	}
-	l.epfd, l.wakeFD = fd, int(wfd)
+	l.epfd, l.wakeFD, l.opened = fd, int(wfd), true
 	l.events = make([]syscall.EpollEvent, loopEvents)
 	if l.wantRing {
 		if r, err := uring.New(loopEvents); err == nil {
