@@ -768,6 +768,28 @@ func (s *stream) OfferTunnel(up net.Conn, towardB *tunnel.FrameTracker, detach f
 	return true
 }
 
+// InlineTunnel lets an HTTP/2 connection's reader pass this tunnel's client bytes straight to the
+// router's write (see router.InlineTaker), when the chain is the router alone, counting them as
+// the decode pump would. The pump stays: it carries whatever write does not take.
+func (s *stream) InlineTunnel(write func(p []byte) int) bool {
+	d, ok := s.down.(*h2Stream)
+	if !ok || len(s.filters) != 1 {
+		return false
+	}
+	d.st.SetDataSink(func(p []byte) int {
+		if s.aborted() {
+			return 0
+		}
+		n := write(p)
+		if n > 0 {
+			s.touch()
+			s.upStats.BytesUp.Add(uint64(n))
+		}
+		return n
+	})
+	return true
+}
+
 // errStreamEnded aborts an engine tunnel whose stream was reset or timed out.
 var errStreamEnded = errors.New("stream ended")
 

@@ -48,6 +48,7 @@ type ConnWriter struct {
 	err     error
 	write   func(fd uintptr) bool
 	writev  func(fd uintptr) bool
+	try     func(fd uintptr) bool
 }
 
 // NewConnWriter returns a writer for c's socket, or nil when Socket(c) is nil: write to c then.
@@ -60,6 +61,7 @@ func NewConnWriter(c net.Conn) *ConnWriter {
 	w.counter, _ = c.(interface{ CountWrite(n int) })
 	w.write = w.writeOnce
 	w.writev = w.writevOnce
+	w.try = w.tryOnce
 	return w
 }
 
@@ -70,6 +72,22 @@ func (w *ConnWriter) Write(p []byte) (int, error) {
 	w.p, w.n, w.err = p, 0, nil
 	err := w.rc.Write(w.write)
 	return w.done(err)
+}
+
+// TryWrite writes as much of p as the socket takes now, without waiting for room, for a caller
+// that must not block (the HTTP/2 reader passing DATA straight to an upstream): it writes the rest
+// another way. A full socket is not an error: the count is just short.
+func (w *ConnWriter) TryWrite(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.p, w.n, w.err = p, 0, nil
+	err := w.rc.Write(w.try)
+	return w.done(err)
+}
+
+func (w *ConnWriter) tryOnce(fd uintptr) bool {
+	w.writeOnce(fd)
+	return true // even on EAGAIN: the poller must not wait
 }
 
 // Writev writes every slice of bufs in order, like net.Buffers' WriteTo, in as few system calls

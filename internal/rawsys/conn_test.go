@@ -138,3 +138,40 @@ func TestSocketRefusesTLS(t *testing.T) {
 		t.Fatal("Socket did not look through a transparent wrapper")
 	}
 }
+
+// TryWrite returns once the socket is full instead of waiting: a peer that reads nothing takes
+// a bounded part of a large write, and what it took arrives in order, counted once.
+func TestConnWriterTryWriteStopsWhenFull(t *testing.T) {
+	c, s := tcpPair(t)
+	cc := &counting{Conn: c}
+	w := NewConnWriter(cc)
+	payload := make([]byte, 64<<20) // far more than a loopback socket's buffers hold
+	rand.Read(payload)
+	done := make(chan struct{})
+	var n int
+	var err error
+	go func() {
+		defer close(done)
+		n, err = w.TryWrite(payload)
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("TryWrite waited for a reader that reads nothing")
+	}
+	if err != nil || n == 0 || n >= len(payload) {
+		t.Fatalf("TryWrite = %d, %v; want part of %d bytes and no error", n, err, len(payload))
+	}
+	if cc.n != n {
+		t.Fatalf("counted %d bytes, wrote %d", cc.n, n)
+	}
+	// A second try on the full socket returns too, without error.
+	m, err := w.TryWrite(payload[n:])
+	if err != nil || m >= len(payload)-n {
+		t.Fatalf("TryWrite on a full socket = %d, %v; want a short count and no error", m, err)
+	}
+	got := make([]byte, n+m)
+	if _, err := io.ReadFull(s, got); err != nil || !bytes.Equal(got, payload[:n+m]) {
+		t.Fatalf("the reader got other bytes than the %d taken (%v)", n+m, err)
+	}
+}

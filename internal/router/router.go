@@ -47,6 +47,15 @@ type TunnelTaker interface {
 	OfferTunnel(up net.Conn, towardB *tunnel.FrameTracker, detach func() (end func())) bool
 }
 
+// InlineTaker is implemented by a stream whose client bytes can be passed to the upstream by the
+// goroutine that reads them off the client's connection (an HTTP/2 connection's reader), skipping
+// the stream's own goroutine and its copy. write is the router's: it never blocks, writes what
+// the upstream socket takes at once and returns how much; the stream sends the rest through the
+// chain as usual. The stream accepts only when the chain is the router alone.
+type InlineTaker interface {
+	InlineTunnel(write func(p []byte) int) bool
+}
+
 // AccountHolder is implemented by a stream whose buffered bytes are accounted for the overload
 // action reset_high_memory_stream; the router charges the request bytes it holds (queued for the
 // upstream, kept for a retry) to its account.
@@ -328,6 +337,43 @@ func (r *routerFilter) writeTunnelLocked(att *attempt, p []byte) error {
 	return nil
 }
 
+// tryTunnelWrite is the router's half of InlineTunnel: a non-blocking DecodeData for an
+// established tunnel to an HTTP/1.1 upstream socket. It takes nothing (0) whenever DecodeData
+// would do more than write: the tunnel is not direct yet or is over, a drain is closing it, or a
+// write is under way (the caller then queues, behind it).
+func (r *routerFilter) tryTunnelWrite(p []byte) int {
+	if r.goAway.Load() {
+		return 0
+	}
+	r.mu.Lock()
+	att, ok := r.att, r.direct && !r.finished
+	r.mu.Unlock()
+	if !ok {
+		return 0
+	}
+	u, ok := att.up.(*h1Upstream)
+	if !ok || !att.wmu.TryLock() {
+		return 0
+	}
+	if r.closeSent {
+		att.wmu.Unlock()
+		return 0
+	}
+	n := u.tryWrite(p)
+	if n > 0 && r.upgrade == "websocket" {
+		r.wsUp.Feed(p[:n])
+	}
+	// A drain deadline that found this write under way left the Close to it (see
+	// OnDrainDeadline). The Close may have to wait for room, which the HTTP/2 reader must not:
+	// it goes on a goroutine of its own, as the deadline's timer would have sent it.
+	closeNow := r.goAway.Load() && !r.closeSent
+	att.wmu.Unlock()
+	if closeNow {
+		go r.OnDrainDeadline()
+	}
+	return n
+}
+
 // OnDrainDeadline closes the upstream half of a tunnel still open when the drain time runs out:
 // a WebSocket Close 1001 between frames, then a half-close.
 func (r *routerFilter) OnDrainDeadline() {
@@ -339,7 +385,7 @@ func (r *routerFilter) OnDrainDeadline() {
 	att, direct := r.att, r.direct
 	r.mu.Unlock()
 	if att == nil || !direct || !att.wmu.TryLock() {
-		return // not a tunnel yet, or a write is in progress: DecodeData closes after it
+		return // not a tunnel yet, or a write is in progress: DecodeData (or tryTunnelWrite) closes after it
 	}
 	r.closeUpstreamLocked(att)
 	att.wmu.Unlock()

@@ -116,6 +116,22 @@ func (u *h1Upstream) write(p []byte) error {
 	return err
 }
 
+// tryWrite writes what the upstream socket takes now (see routerFilter.tryTunnelWrite). An error
+// takes nothing: the blocking write that follows meets it and ends the tunnel as usual.
+func (u *h1Upstream) tryWrite(p []byte) int {
+	if u.conn == nil {
+		return 0
+	}
+	if !u.wTried {
+		u.w, u.wTried = rawsys.NewConnWriter(u.conn), true
+	}
+	if u.w == nil {
+		return 0
+	}
+	n, _ := u.w.TryWrite(p)
+	return n
+}
+
 func (u *h1Upstream) endRequest() error {
 	if u.conn != nil {
 		closeWrite(u.conn)

@@ -447,6 +447,9 @@ func (r *routerFilter) tunnel(att *attempt, resp *upResponse) {
 	if r.handOff(att) {
 		return
 	}
+	if taker, ok := r.info.(InlineTaker); ok {
+		taker.InlineTunnel(r.tryTunnelWrite)
+	}
 
 	var b buffer.Buffer // reused for every slab: the chain copies what it keeps
 	if u, ok := up.(*h1Upstream); ok && u.raw != nil {

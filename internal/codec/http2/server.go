@@ -676,13 +676,38 @@ func (c *ServerConn) onData(f *h2.DataFrame) error {
 			c.creditConnLocked(int64(len(data)))
 			return c.malformedLocked(id, s, malformed("more DATA than content-length"))
 		}
-		s.buf.write(data)
-		s.cond.Broadcast()
+		if s.sink != nil && s.buf.n == 0 && !s.consuming {
+			if data = c.passLocked(s, data); s.err != nil {
+				return nil // reset while the sink ran: the stream is gone
+			}
+		}
+		if len(data) > 0 {
+			s.buf.write(data)
+			s.cond.Broadcast()
+		}
 	}
 	if f.StreamEnded() {
 		return c.endRemoteLocked(s)
 	}
 	return nil
+}
+
+// passLocked offers p to the stream's sink (see SetDataSink), with c.mu released meanwhile, and
+// returns what the sink did not take. Only this goroutine adds to the stream's queue, so the
+// queue is still empty when the lock is back. What the sink took opens the windows as Read would.
+func (c *ServerConn) passLocked(s *ServerStream, p []byte) []byte {
+	sink := s.sink
+	c.mu.Unlock()
+	n := sink(p)
+	c.mu.Lock()
+	if n > 0 {
+		c.creditLocked(s, int64(n))
+	}
+	if p = p[n:]; s.err != nil {
+		c.creditConnLocked(int64(len(p))) // nobody will read it
+		return nil
+	}
+	return p
 }
 
 // endRemoteLocked applies the client's END_STREAM.

@@ -791,3 +791,93 @@ func TestAccountChargesReceiveBuffer(t *testing.T) {
 	close(read)
 	ts.waitStat("streams_active", 0)
 }
+
+// TestDataSinkKeepsOrder: a sink that takes all, half or none of what it is offered, and a handler
+// that is sometimes slow to come back to Read, see together exactly the bytes sent, in order —
+// more than the stream window, so the sink's bytes open the window as Read's do.
+func TestDataSinkKeepsOrder(t *testing.T) {
+	payload := make([]byte, 4<<20)
+	_, _ = rand.Read(payload)
+	var mu sync.Mutex
+	var got []byte
+	var calls, sunk, read int
+	ts := startServer(t, ServerConfig{InitialStreamWindowSize: 16 << 10}, func(s *ServerStream) {
+		s.SetDataSink(func(p []byte) int {
+			mu.Lock()
+			defer mu.Unlock()
+			calls++
+			n := [...]int{len(p), len(p) / 2, 0}[calls%3]
+			got = append(got, p[:n]...)
+			sunk += n
+			return n
+		})
+		buf := make([]byte, 5000)
+		for i := 0; ; i++ {
+			s.WaitReadable()
+			n, err := s.Read(buf)
+			if i%7 == 0 {
+				time.Sleep(time.Millisecond) // still passing on what it read: DATA must queue
+			}
+			mu.Lock()
+			got = append(got, buf[:n]...)
+			read += n
+			mu.Unlock()
+			if err != nil {
+				break
+			}
+		}
+		_ = s.WriteHeaders(headers.New(":status", "200"), true)
+	})
+	tr := h2cTransport()
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr}).Post("http://"+ts.addr()+"/", "application/octet-stream", bytes.NewReader(payload))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	mu.Lock()
+	defer mu.Unlock()
+	if resp.StatusCode != 200 || !bytes.Equal(got, payload) {
+		t.Fatalf("status %d; the sink and Read saw %d bytes together, sent %d; equal: %v", resp.StatusCode, len(got), len(payload), bytes.Equal(got, payload))
+	}
+	if sunk == 0 || read == 0 {
+		t.Fatalf("sink took %d bytes and Read %d: both paths should have carried some", sunk, read)
+	}
+	t.Logf("%d sink calls, %d bytes through the sink, %d through Read", calls, sunk, read)
+}
+
+// TestDataSinkResetReturnsWindow: DATA the sink did not take on a stream that was reset while the
+// sink ran is nobody's to read, and goes back to the connection window like any DATA on a closed
+// stream: the client is not left short of window for its other streams.
+func TestDataSinkResetReturnsWindow(t *testing.T) {
+	const connWindow = 64 << 10
+	ts := startServer(t, ServerConfig{InitialConnectionWindowSize: connWindow}, func(s *ServerStream) {
+		s.SetDataSink(func([]byte) int {
+			s.Reset(h2.ErrCodeCancel) // as a timeout firing while the sink writes would
+			return 0
+		})
+		_ = s.WriteHeaders(headers.New(":status", "200"), false) // the sink is in place
+		<-s.Context().Done()
+	})
+	rc := dialRaw(t, ts.addr())
+	rc.handshake()
+	rc.writeHeaders(1, false, request("POST", "/")...)
+	for {
+		if f, ok := rc.read().(*h2.HeadersFrame); ok && f.StreamID == 1 {
+			break
+		}
+	}
+	for range 4 { // the whole window, given back in WINDOW_UPDATEs of half of it
+		rc.writeData(1, false, make([]byte, 16<<10))
+	}
+	var inc uint32
+	for inc < connWindow {
+		f, err := rc.tryRead(5 * time.Second)
+		if err != nil {
+			t.Fatalf("connection WINDOW_UPDATEs gave back %d bytes of 64 KiB, then: %v", inc, err)
+		}
+		if wu, ok := f.(*h2.WindowUpdateFrame); ok && wu.StreamID == 0 {
+			inc += wu.Increment
+		}
+	}
+}

@@ -72,6 +72,8 @@ type ServerStream struct {
 	err          error // *StreamError once reset or the connection died
 	dataQueued   bool  // a WriteData chunk waits in the writer's queue
 	dataWritten  bool  // the writer wrote the last chunk
+	sink         func(p []byte) int
+	consuming    bool // the handler has bytes from Read it has not finished with
 }
 
 // Headers returns the request in the proxy's internal shape: CheckFields and RequestFromH2 have
@@ -111,6 +113,7 @@ func (s *ServerStream) Read(p []byte) (int, error) {
 	c := s.c
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	s.consuming = false
 	for {
 		if s.err != nil {
 			return 0, s.err
@@ -118,6 +121,7 @@ func (s *ServerStream) Read(p []byte) (int, error) {
 		if s.buf.n > 0 {
 			n := s.buf.read(p)
 			c.creditLocked(s, int64(n))
+			s.consuming = true
 			return n, nil
 		}
 		if s.remoteClosed {
@@ -125,6 +129,19 @@ func (s *ServerStream) Read(p []byte) (int, error) {
 		}
 		s.cond.Wait()
 	}
+}
+
+// SetDataSink lets the connection's reader hand request DATA to sink itself, from the frame it
+// just read, instead of queueing it for Read: a tunnel then costs no wake-up of the handler's
+// goroutine and no copy per message. sink must not block: it takes what it can at once and
+// returns how much; the rest is queued for Read as before. The reader offers DATA only while
+// nothing is queued and the handler is waiting in Read or WaitReadable (not still passing on
+// what it read last), so bytes reach sink and Read in the order they came. Bytes sink takes count
+// as read for flow control.
+func (s *ServerStream) SetDataSink(sink func(p []byte) int) {
+	s.c.mu.Lock()
+	defer s.c.mu.Unlock()
+	s.sink = sink
 }
 
 // Buffered is how many request DATA bytes are waiting to be read, so a reader can take a larger
@@ -141,6 +158,7 @@ func (s *ServerStream) WaitReadable() {
 	c := s.c
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	s.consuming = false
 	for s.err == nil && s.buf.n == 0 && !s.remoteClosed {
 		s.cond.Wait()
 	}
