@@ -269,7 +269,11 @@ func (r *SlabReader) Stream(stop *atomic.Bool, handle func(p []byte) bool) error
 			if !ok {
 				return true
 			}
-			runtime.Gosched() // fairness under saturation; see ReadSlabFrom
+			if !drained {
+				// Fairness under saturation (see ReadSlabFrom). A read that emptied the socket
+				// needs none: the next step is a wait in the poller, which yields anyway.
+				runtime.Gosched()
+			}
 		}
 	})
 	if why != nil {
