@@ -116,8 +116,9 @@ func (u *h1Upstream) write(p []byte) error {
 	return err
 }
 
-// tryWrite writes what the upstream socket takes now (see routerFilter.tryTunnelWrite). An error
-// takes nothing: the blocking write that follows meets it and ends the tunnel as usual.
+// tryWrite writes what the upstream socket takes now (see routerFilter.tryTunnelWrite). On an
+// error it reports only what went out before it: the blocking write that follows meets the error
+// and ends the tunnel as usual.
 func (u *h1Upstream) tryWrite(p []byte) int {
 	if u.conn == nil {
 		return 0

@@ -68,12 +68,12 @@ type ServerStream struct {
 	answered     bool    // final (non-1xx) response headers queued
 	wireClosed   bool    // closed on the wire: both END_STREAMs, or RST_STREAM either way
 	handlerDone  bool
-	done         bool  // wireClosed and handlerDone: no longer counted in streams_active
-	err          error // *StreamError once reset or the connection died
-	dataQueued   bool  // a WriteData chunk waits in the writer's queue
-	dataWritten  bool  // the writer wrote the last chunk
-	sink         func(p []byte) int
-	consuming    bool // the handler has bytes from Read it has not finished with
+	done         bool               // wireClosed and handlerDone: no longer counted in streams_active
+	err          error              // *StreamError once reset or the connection died
+	dataQueued   bool               // a WriteData chunk waits in the writer's queue
+	dataWritten  bool               // the writer wrote the last chunk
+	sink         func(p []byte) int // see SetDataSink; nil: every DATA byte goes through Read
+	consuming    bool               // the handler has bytes from Read it has not finished with
 }
 
 // Headers returns the request in the proxy's internal shape: CheckFields and RequestFromH2 have
