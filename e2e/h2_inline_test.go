@@ -8,7 +8,6 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"encoding/base64"
-	"golang.org/x/net/http2"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -18,27 +17,30 @@ import (
 	"time"
 
 	"github.com/switchyard-proxy/switchyard/internal/testing/harness"
+	"golang.org/x/net/http2"
 )
 
-// TestH2TunnelSlowUpstreamKeepsOrder: the client's bytes of a WebSocket over HTTP/2 reach an
-// HTTP/1.1 upstream whole and in order whether the HTTP/2 reader hands them straight to the
-// upstream socket or, when that socket is full, they wait for the stream's own goroutine: the
-// upstream first reads nothing until its buffers are full, then reads in small bites with pauses,
-// so both ways take turns many times. x/net's client sends writes of many sizes.
-func TestH2TunnelSlowUpstreamKeepsOrder(t *testing.T) {
-	t.Parallel()
-	const size = 16 << 20
-	type result struct {
-		n   int64
-		sum [32]byte
-		err error
-	}
-	got := make(chan result, 1)
+// Tunnel payload crosses an HTTP/2 hop straight from the codec's reader to the next socket when
+// that socket takes it at once, and through the stream's goroutine otherwise. These tests make
+// the next socket fill up and drain again many times, so both ways take turns, and check that
+// every byte arrives in order.
+
+// inlineResult is what one end of a tunnel received: its byte count and SHA-256.
+type inlineResult struct {
+	n   int64
+	sum [32]byte
+	err error
+}
+
+// inlineUpstream answers one WebSocket upgrade (computing Sec-WebSocket-Accept, which a proxy
+// that made up the key checks) and hands the tunnel's end to serve on a goroutine of its own.
+func inlineUpstream(t *testing.T, serve func(e *loadEnd)) (port int) {
+	t.Helper()
 	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
+	t.Cleanup(func() { ln.Close() })
 	go func() {
 		c, err := ln.AcceptTCP()
 		if err != nil {
@@ -47,7 +49,6 @@ func TestH2TunnelSlowUpstreamKeepsOrder(t *testing.T) {
 		defer c.Close()
 		head, e, err := loadReadHead(c)
 		if err != nil {
-			got <- result{err: err}
 			return
 		}
 		key := ""
@@ -58,31 +59,67 @@ func TestH2TunnelSlowUpstreamKeepsOrder(t *testing.T) {
 		}
 		sum := sha1.Sum([]byte(key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
 		if _, err := io.WriteString(c, upgSwitching("websocket", "Sec-WebSocket-Accept: "+base64.StdEncoding.EncodeToString(sum[:]))); err != nil {
-			got <- result{err: err}
 			return
 		}
-		time.Sleep(300 * time.Millisecond) // the proxy's writes fill the socket meanwhile
-		h := sha256.New()
-		buf := make([]byte, 4096)
-		var n int64
-		for i := 0; ; i++ {
-			m, err := e.Read(buf)
-			h.Write(buf[:m])
-			n += int64(m)
-			if err == io.EOF {
-				got <- result{n, [32]byte(h.Sum(nil)), nil}
-				return
-			}
-			if err != nil {
-				got <- result{n, [32]byte{}, err}
-				return
-			}
-			if i%512 == 511 {
-				time.Sleep(5 * time.Millisecond)
-			}
-		}
+		serve(e)
 	}()
-	p := harness.Start(t, seedYAML("a", h2ListenerConnect, ln.Addr().(*net.TCPAddr).Port, false, "[{upgrade_type: websocket}]"))
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// inlineSlowRead reads r to its end slowly: nothing for 300 ms (the sender fills the socket),
+// then 4 KiB bites with a pause every 2 MiB.
+func inlineSlowRead(r io.Reader) inlineResult {
+	time.Sleep(300 * time.Millisecond)
+	h := sha256.New()
+	buf := make([]byte, 4096)
+	var n int64
+	for i := 0; ; i++ {
+		m, err := r.Read(buf)
+		h.Write(buf[:m])
+		n += int64(m)
+		if err == io.EOF {
+			return inlineResult{n, [32]byte(h.Sum(nil)), nil}
+		}
+		if err != nil {
+			return inlineResult{n, [32]byte{}, err}
+		}
+		if i%512 == 511 {
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+}
+
+// inlineMessage is one binary WebSocket frame of size pseudo-random bytes (masked with a zero key
+// toward a server), as the chunks of uneven sizes a sender writes it in, and its SHA-256.
+func inlineMessage(size int, masked bool) (chunks [][]byte, sum [32]byte) {
+	msg := loadFrameHeader(int64(size), masked)
+	chunks = append(chunks, msg)
+	rng := rand.New(rand.NewPCG(1, 2))
+	payload := make([]byte, size)
+	for i := range payload {
+		payload[i] = byte(rng.Uint32())
+	}
+	sizes := []int{1, 700, 16384, 3, 65536, 70001, 1200, 250000}
+	for i, off := 0, 0; off < size; i++ {
+		n := min(sizes[i%len(sizes)], size-off)
+		chunks = append(chunks, payload[off:off+n])
+		off += n
+	}
+	h := sha256.New()
+	for _, c := range chunks {
+		h.Write(c)
+	}
+	return chunks, [32]byte(h.Sum(nil))
+}
+
+// TestH2TunnelSlowUpstreamKeepsOrder: a WebSocket over HTTP/2 (x/net's client) to an HTTP/1.1
+// upstream that reads slowly: the client's bytes all arrive, in order, and are counted.
+func TestH2TunnelSlowUpstreamKeepsOrder(t *testing.T) {
+	t.Parallel()
+	const size = 16 << 20
+	got := make(chan inlineResult, 1)
+	port := inlineUpstream(t, func(e *loadEnd) { got <- inlineSlowRead(e) })
+	p := harness.Start(t, seedYAML("a", h2ListenerConnect, port, false, "[{upgrade_type: websocket}]"))
 
 	tr := &http2.Transport{AllowHTTP: true, DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
 		return (&net.Dialer{}).DialContext(ctx, network, addr)
@@ -105,35 +142,18 @@ func TestH2TunnelSlowUpstreamKeepsOrder(t *testing.T) {
 		t.Fatalf("extended CONNECT answered %d, want 200\n%s", resp.StatusCode, p.Log())
 	}
 
-	// One masked binary frame (zero key: the payload goes as is) carrying size random bytes.
-	sent := sha256.New()
-	header := loadFrameHeader(size, true)
-	rng := rand.New(rand.NewPCG(1, 2))
-	payload := make([]byte, size)
-	for i := range payload {
-		payload[i] = byte(rng.Uint32())
-	}
-	sent.Write(header)
-	sent.Write(payload)
+	chunks, sum := inlineMessage(size, true)
 	sendErr := make(chan error, 1)
 	go func() {
-		if _, err := bodyW.Write(header); err != nil {
-			sendErr <- err
-			return
-		}
-		sizes := []int{1, 700, 16384, 3, 65536, 70001, 1200, 250000}
-		for i, off := 0, 0; off < len(payload); i++ {
-			n := min(sizes[i%len(sizes)], len(payload)-off)
-			if _, err := bodyW.Write(payload[off : off+n]); err != nil {
+		for _, c := range chunks {
+			if _, err := bodyW.Write(c); err != nil {
 				sendErr <- err
 				return
 			}
-			off += n
 		}
 		sendErr <- bodyW.Close() // END_STREAM: the upstream reads its end
 	}()
-
-	var r result
+	var r inlineResult
 	select {
 	case r = <-got:
 	case <-time.After(60 * time.Second):
@@ -142,9 +162,9 @@ func TestH2TunnelSlowUpstreamKeepsOrder(t *testing.T) {
 	if err := <-sendErr; err != nil {
 		t.Fatalf("sending: %v", err)
 	}
-	want := int64(len(header) + size)
-	if r.err != nil || r.n != want || r.sum != [32]byte(sent.Sum(nil)) {
-		t.Fatalf("upstream got %d bytes (err %v), SHA-256 match %v; sent %d", r.n, r.err, r.sum == [32]byte(sent.Sum(nil)), want)
+	want := int64(len(chunks[0]) + size)
+	if r.err != nil || r.n != want || r.sum != sum {
+		t.Fatalf("upstream got %d bytes (err %v), SHA-256 match %v; sent %d", r.n, r.err, r.sum == sum, want)
 	}
 	// The upstream closed: the client sees its end of the stream.
 	if _, err := io.Copy(io.Discard, resp.Body); err != nil {
@@ -153,5 +173,55 @@ func TestH2TunnelSlowUpstreamKeepsOrder(t *testing.T) {
 	h2End(t, h2Hop{p, "a"})
 	if n := p.Stat("http.a.upgrades.websocket.bytes_to_upstream"); n != want {
 		t.Errorf("upgrades.websocket.bytes_to_upstream = %d, want %d", n, want)
+	}
+}
+
+// TestTwoHopSlowClientKeepsOrder: the seed's deployment (HTTP/1.1 client, front, HTTP/2,
+// sidecar, HTTP/1.1 app), the app sending a large message to a client that reads slowly through
+// a small socket buffer: every byte arrives, in order, and both hops count them.
+func TestTwoHopSlowClientKeepsOrder(t *testing.T) {
+	t.Parallel()
+	const size = 16 << 20
+	chunks, sum := inlineMessage(size, false)
+	sendErr := make(chan error, 1)
+	port := inlineUpstream(t, func(e *loadEnd) {
+		for _, c := range chunks {
+			if _, err := e.Write(c); err != nil {
+				sendErr <- err
+				return
+			}
+		}
+		sendErr <- e.CloseWrite()
+		io.Copy(io.Discard, e) // until the client's side ends
+	})
+	sidecar := harness.Start(t, seedYAML("b", h2ListenerConnect, port, false, "[{upgrade_type: websocket}]"))
+	front := harness.Start(t, seedYAML("a", h2Listener, portOf(t, sidecar.Addr("")), true, "[{upgrade_type: websocket}]"))
+
+	c, err := loadDial(front.Addr(""), upgWSReq("/slow"), 16<<10)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, front.Log())
+	}
+	defer c.Close()
+	got := make(chan inlineResult, 1)
+	go func() { got <- inlineSlowRead(c) }()
+	var r inlineResult
+	select {
+	case r = <-got:
+	case <-time.After(60 * time.Second):
+		t.Fatal("the client did not get the whole stream in 60 s")
+	}
+	if err := <-sendErr; err != nil {
+		t.Fatalf("the app sending: %v", err)
+	}
+	want := int64(len(chunks[0]) + size)
+	if r.err != nil || r.n != want || r.sum != sum {
+		t.Fatalf("client got %d bytes (err %v), SHA-256 match %v; the app sent %d", r.n, r.err, r.sum == sum, want)
+	}
+	c.CloseWrite()
+	h2End(t, h2Hop{front, "a"}, h2Hop{sidecar, "b"})
+	for _, h := range []h2Hop{{front, "a"}, {sidecar, "b"}} {
+		if n := h.p.Stat("http." + h.prefix + ".upgrades.websocket.bytes_to_downstream"); n != want {
+			t.Errorf("%s: upgrades.websocket.bytes_to_downstream = %d, want %d", h.prefix, n, want)
+		}
 	}
 }

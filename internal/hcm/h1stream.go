@@ -199,6 +199,19 @@ func (d *h1Stream) writeBody(p []byte) error {
 	return err
 }
 
+// tryWriteBody writes what the client's socket takes now, without waiting for room (see
+// stream.tryEncodeTunnel): only for a tunnel writing straight to a plain TCP socket, else 0. On an
+// error it reports only what went out before it: the blocking write that follows meets the error.
+// Called with the stream's encMu held.
+func (d *h1Stream) tryWriteBody(p []byte) int {
+	cc, ok := d.c.nc.(*countingConn)
+	if !d.direct || !ok || cc.sock == nil {
+		return 0
+	}
+	n, _ := cc.sock.TryWrite(p)
+	return n
+}
+
 func (d *h1Stream) endBody() error {
 	if d.mode != bodyChunked {
 		return nil

@@ -790,6 +790,50 @@ func (s *stream) InlineTunnel(write func(p []byte) int) bool {
 	return true
 }
 
+// TunnelEncoder returns a non-blocking EncodeData for this tunnel's payload (see
+// router.TunnelEncoder): for an HTTP/1.1 client, with the chain the router alone.
+func (s *stream) TunnelEncoder() func(p []byte) int {
+	d, ok := s.down.(*h1Stream)
+	if !ok || len(s.filters) != 1 {
+		return nil
+	}
+	return func(p []byte) int { return s.tryEncodeTunnel(d, p) }
+}
+
+// tryEncodeTunnel writes what the client's socket takes now and counts it as EncodeData would.
+// It takes nothing (0) whenever EncodeData would do more than write: the tunnel is not open or
+// is over, a drain is closing it, or a write is under way (the caller then queues, behind it).
+func (s *stream) tryEncodeTunnel(d *h1Stream, p []byte) int {
+	if s.goAway.Load() || !s.encMu.TryLock() {
+		return 0
+	}
+	if s.closeSent || s.respEnded || s.wasReset.Load() || !s.tunnelOpen.Load() {
+		s.encMu.Unlock()
+		return 0
+	}
+	n := d.tryWriteBody(p)
+	if n > 0 {
+		s.upStats.BytesDown.Add(uint64(n))
+		s.touch()
+		if s.upgrade == "websocket" {
+			s.wsDown.Feed(p[:n])
+		}
+	}
+	// A drain deadline that found this write under way left the Close to it (see goingAway). The
+	// Close may have to wait for room, which the HTTP/2 reader must not: it goes on a goroutine
+	// of its own, as the deadline's timer would have sent it.
+	closeNow := s.goAway.Load() && !s.closeSent
+	s.encMu.Unlock()
+	if closeNow {
+		go func() {
+			s.encMu.Lock()
+			defer s.encMu.Unlock()
+			s.closeTowardClientLocked()
+		}()
+	}
+	return n
+}
+
 // errStreamEnded aborts an engine tunnel whose stream was reset or timed out.
 var errStreamEnded = errors.New("stream ended")
 

@@ -56,6 +56,16 @@ type InlineTaker interface {
 	InlineTunnel(write func(p []byte) int) bool
 }
 
+// TunnelEncoder is implemented by a stream whose client can be written to by the goroutine that
+// reads an HTTP/2 upstream's frames (the upstream connection's reader), skipping the router's pump
+// and its copy. The function it returns never blocks: it writes what the client's socket takes at
+// once and returns how much; the pump passes the rest through the chain as usual. It returns nil
+// when that cannot be: a filter besides the router sees the payload, or the client is not a plain
+// HTTP/1.1 socket.
+type TunnelEncoder interface {
+	TunnelEncoder() func(p []byte) int
+}
+
 // AccountHolder is implemented by a stream whose buffered bytes are accounted for the overload
 // action reset_high_memory_stream; the router charges the request bytes it holds (queued for the
 // upstream, kept for a retry) to its account.

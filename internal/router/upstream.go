@@ -450,6 +450,13 @@ func (r *routerFilter) tunnel(att *attempt, resp *upResponse) {
 	if taker, ok := r.info.(InlineTaker); ok {
 		taker.InlineTunnel(r.tryTunnelWrite)
 	}
+	if u, ok := up.(*h2Upstream); ok {
+		if enc, ok := r.info.(TunnelEncoder); ok {
+			if write := enc.TunnelEncoder(); write != nil {
+				u.st.SetDataSink(write)
+			}
+		}
+	}
 
 	var b buffer.Buffer // reused for every slab: the chain copies what it keeps
 	if u, ok := up.(*h1Upstream); ok && u.raw != nil {

@@ -249,19 +249,43 @@ func (c *ClientConn) onData(f *h2.DataFrame, pend *rpend) error {
 	default:
 		s.recvWindow -= n
 		s.recvBytes += int64(len(data))
+		pad := n - int64(len(data)) // never read
+		if len(data) > 0 && s.sink != nil && s.roff == len(s.rbuf) && !s.consuming {
+			if data = c.passLocked(s, data, pend); s.rerr != nil {
+				pend.credit(c.creditLocked(nil, int64(len(data))+pad))
+				return nil // reset while the sink ran: nobody reads the rest
+			}
+		}
 		if len(data) > 0 {
 			s.appendRbufLocked(data)
 		}
-		pend.credit(c.creditLocked(s, n-int64(len(data)))) // padding is never read
+		pend.credit(c.creditLocked(s, pad))
 		if end {
 			s.recvEnd = true
 			s.maybeFinishLocked()
 		}
-		s.notifyRead()
+		if len(data) > 0 || end {
+			s.notifyRead() // not when the sink took it all: the reader has nothing new
+		}
 		return nil
 	}
 	pend.credit(c.creditLocked(nil, n))
 	return nil
+}
+
+// passLocked offers p to the stream's sink (see ClientStream.SetDataSink), with c.mu released
+// meanwhile, and returns what the sink did not take. Only this goroutine adds to the stream's
+// queue, so it is still empty when the lock is back. What the sink took opens the windows as Read
+// would.
+func (c *ClientConn) passLocked(s *ClientStream, p []byte, pend *rpend) []byte {
+	sink := s.sink
+	c.mu.Unlock()
+	k := sink(p)
+	c.mu.Lock()
+	if k > 0 {
+		pend.credit(c.creditLocked(s, int64(k)))
+	}
+	return p[k:]
 }
 
 func (c *ClientConn) onHeaders(f *h2.MetaHeadersFrame, pend *rpend) error {

@@ -52,6 +52,8 @@ type ClientStream struct {
 	sendWindow int64
 	contentLen int64 // declared response content-length, -1 if none or not checked
 	recvBytes  int64
+	sink       func(p []byte) int // see SetDataSink; nil: every DATA byte goes through Read
+	consuming  bool               // the reader has bytes from Read it has not finished with
 }
 
 func newStream(c *ClientConn, ctx context.Context, method, upgrade string) *ClientStream {
@@ -119,6 +121,7 @@ func (s *ClientStream) Read(p []byte) (int, error) {
 	c := s.c
 	for {
 		c.mu.Lock()
+		s.consuming = false
 		if s.rerr != nil {
 			err := s.rerr
 			c.mu.Unlock()
@@ -135,6 +138,7 @@ func (s *ClientStream) Read(p []byte) (int, error) {
 				s.releaseRbufLocked()
 			}
 			cr := c.creditLocked(s, int64(n))
+			s.consuming = true
 			c.mu.Unlock()
 			c.sendCredit(cr)
 			return n, nil
@@ -152,6 +156,19 @@ func (s *ClientStream) Read(p []byte) (int, error) {
 	}
 }
 
+// SetDataSink lets the connection's reader hand response DATA to sink itself, from the frame it
+// just read, instead of queueing it for Read: a tunnel then costs no wake-up of the reading
+// goroutine and no copy per message. sink must not block: it takes what it can at once and
+// returns how much; the rest is queued for Read as before. The reader offers DATA only while
+// nothing is queued and Read's caller is back in Read or WaitReadable (not still passing on what
+// it read last), so bytes reach sink and Read in the order they came. Bytes sink takes count as
+// read for flow control.
+func (s *ClientStream) SetDataSink(sink func(p []byte) int) {
+	s.c.mu.Lock()
+	defer s.c.mu.Unlock()
+	s.sink = sink
+}
+
 // Buffered is how many response DATA bytes are waiting to be read, so a reader can take a larger
 // buffer when bulk data is queued.
 func (s *ClientStream) Buffered() int {
@@ -166,6 +183,7 @@ func (s *ClientStream) WaitReadable() {
 	c := s.c
 	for {
 		c.mu.Lock()
+		s.consuming = false
 		ready := s.rerr != nil || s.roff < len(s.rbuf) || s.recvEnd
 		c.mu.Unlock()
 		if ready {

@@ -3,6 +3,7 @@
 package client
 
 import (
+	"bytes"
 	"crypto/rand"
 	"crypto/sha256"
 	"errors"
@@ -250,5 +251,68 @@ func TestMaxConcurrentStreams(t *testing.T) {
 	}
 	if !cc.Available() {
 		t.Error("not available after the streams finished")
+	}
+}
+
+// TestDataSinkKeepsOrder: a sink that takes all, half or none of what it is offered, and a
+// reader that is sometimes slow to come back to Read, see together exactly the bytes the server
+// sent, in order — many windows' worth, so the sink's bytes open the windows as Read's do.
+func TestDataSinkKeepsOrder(t *testing.T) {
+	payload := make([]byte, 4<<20)
+	rand.Read(payload)
+	cc := xnetPeer(t, &h2.Server{}, Config{InitialStreamWindowSize: 65535, InitialConnectionWindowSize: 65535},
+		http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.WriteHeader(200)
+			for p, i := payload, 0; len(p) > 0; i++ {
+				n := min(len(p), []int{1, 900, 16384, 70000, 5}[i%5])
+				w.Write(p[:n])
+				w.(http.Flusher).Flush()
+				p = p[n:]
+			}
+		}))
+	s, err := cc.NewStream(ctxT(t), get("/"), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Response(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var got []byte
+	var calls, sunk, read int
+	s.SetDataSink(func(p []byte) int {
+		mu.Lock()
+		defer mu.Unlock()
+		calls++
+		n := [...]int{len(p), len(p) / 2, 0}[calls%3]
+		got = append(got, p[:n]...)
+		sunk += n
+		return n
+	})
+	buf := make([]byte, 5000)
+	for i := 0; ; i++ {
+		s.WaitReadable()
+		n, err := s.Read(buf)
+		if i%7 == 0 {
+			time.Sleep(time.Millisecond) // still passing on what it read: DATA must queue
+		}
+		mu.Lock()
+		got = append(got, buf[:n]...)
+		read += n
+		mu.Unlock()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !bytes.Equal(got, payload) {
+		t.Fatalf("the sink and Read saw %d bytes together, the server sent %d; equal: false", len(got), len(payload))
+	}
+	if sunk == 0 || read == 0 {
+		t.Fatalf("sink took %d bytes and Read %d: both paths should have carried some", sunk, read)
 	}
 }
