@@ -159,9 +159,43 @@ func TestDrainHTTP2GoAway(t *testing.T) {
 
 // TestDrainDeadlineClosesWebSocketsWith1001: a WebSocket still open when the drain time runs out
 // gets a Close frame with code 1001 (Going Away) on both sides — real WebSocket libraries on each
-// end read it as a proper close, even while messages are flowing — and the process exits.
+// end read it as a proper close, even while messages are flowing — and the process exits. Also in
+// the seed's two-hop deployment, draining either proxy: there the HTTP/2 hop's readers write
+// tunnel bytes on directly, and a deadline that finds such a write under way must still close.
 func TestDrainDeadlineClosesWebSocketsWith1001(t *testing.T) {
 	t.Parallel()
+	drainFlags := []string{"--drain-time-s", "1"}
+	tests := []struct {
+		name  string
+		start func(t *testing.T, appPort int) (addr string, drained *harness.Proxy)
+	}{
+		{"one hop", func(t *testing.T, appPort int) (string, *harness.Proxy) {
+			p := harness.Start(t, harness.Config{UpstreamPort: appPort,
+				HCM: "upgrade_configs: [{upgrade_type: websocket}]"}.YAML(), drainFlags...)
+			return p.Addr(""), p
+		}},
+		{"two hops, front drained", func(t *testing.T, appPort int) (string, *harness.Proxy) {
+			sidecar := harness.Start(t, seedYAML("b", h2ListenerConnect, appPort, false, "[{upgrade_type: websocket}]"))
+			front := harness.Start(t, seedYAML("a", h2Listener, portOf(t, sidecar.Addr("")), true, "[{upgrade_type: websocket}]"), drainFlags...)
+			return front.Addr(""), front
+		}},
+		{"two hops, sidecar drained", func(t *testing.T, appPort int) (string, *harness.Proxy) {
+			sidecar := harness.Start(t, seedYAML("b", h2ListenerConnect, appPort, false, "[{upgrade_type: websocket}]"), drainFlags...)
+			front := harness.Start(t, seedYAML("a", h2Listener, portOf(t, sidecar.Addr("")), true, "[{upgrade_type: websocket}]"))
+			return front.Addr(""), sidecar
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			drain1001(t, tt.start)
+		})
+	}
+}
+
+// drain1001 runs TestDrainDeadlineClosesWebSocketsWith1001 on the proxies start makes: a gorilla
+// client at addr, a gorilla app at appPort, messages both ways, SIGTERM to drained.
+func drain1001(t *testing.T, start func(t *testing.T, appPort int) (addr string, drained *harness.Proxy)) {
 	serverSaw := make(chan int, 1)
 	up := websocket.Upgrader{}
 	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -187,9 +221,8 @@ func TestDrainDeadlineClosesWebSocketsWith1001(t *testing.T) {
 		}
 	}))
 	t.Cleanup(app.Close)
-	p := harness.Start(t, harness.Config{UpstreamPort: portOf(t, app.Listener.Addr().String()),
-		HCM: "upgrade_configs: [{upgrade_type: websocket}]"}.YAML(), "--drain-time-s", "1")
-	c, _, err := websocket.DefaultDialer.Dial("ws://"+p.Addr("")+"/ws", nil)
+	addr, p := start(t, portOf(t, app.Listener.Addr().String()))
+	c, _, err := websocket.DefaultDialer.Dial("ws://"+addr+"/ws", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
