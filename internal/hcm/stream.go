@@ -240,7 +240,11 @@ func (s *stream) prepareRequestHeaders() bool {
 		} else {
 			h.Set("x-forwarded-for", remoteIP)
 		}
-		h.Set("x-forwarded-proto", s.ri.scheme)
+		// The client's x-forwarded-proto is kept only when it came through trusted proxies
+		// (xff_num_trusted_hops): an edge proxy behind a TLS load balancer must pass on "https".
+		if cfg.XFFNumTrustedHops == 0 || !h.Has("x-forwarded-proto") {
+			h.Set("x-forwarded-proto", s.ri.scheme)
+		}
 	} else if !h.Has("x-forwarded-proto") {
 		h.Set("x-forwarded-proto", s.ri.scheme)
 	}
