@@ -592,3 +592,35 @@ func TestPeerHeaderTableSize(t *testing.T) {
 		}
 	}
 }
+
+// TestDataSinkResetReturnsWindow: DATA the sink did not take on a stream reset while the sink ran
+// is nobody's to read, and goes back to the connection window: the peer is not left short of
+// window for the connection's other streams.
+func TestDataSinkResetReturnsWindow(t *testing.T) {
+	cc, p := newRawPeer(t, Config{InitialConnectionWindowSize: 65535})
+	p.handshake(cc)
+	s, err := cc.NewStream(ctxT(t), get("/"), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := p.nextHeaders().StreamID
+	p.writeHeaders(id, false, ":status", "200")
+	if _, err := s.Response(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	s.SetDataSink(func([]byte) int {
+		s.Reset(h2.ErrCodeCancel) // as the client going away while the sink writes would
+		return 0
+	})
+	// A quarter of the connection window in one frame: its return is due at once.
+	p.writeData(id, false, strings.Repeat("x", 16384))
+	for {
+		f := p.read()
+		if wu, ok := f.(*h2.WindowUpdateFrame); ok && wu.StreamID == 0 {
+			if wu.Increment < 16384 {
+				t.Fatalf("connection WINDOW_UPDATE +%d, want the frame's 16384 back", wu.Increment)
+			}
+			return
+		}
+	}
+}
