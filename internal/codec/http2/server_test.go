@@ -21,6 +21,7 @@ import (
 
 	"github.com/switchyard-proxy/switchyard/headers"
 	"github.com/switchyard-proxy/switchyard/internal/memacct"
+	"github.com/switchyard-proxy/switchyard/internal/testing/sinkcheck"
 )
 
 // TestTransportRequests drives the server with x/net's own client: GET, POST with a body echoed
@@ -798,34 +799,9 @@ func TestAccountChargesReceiveBuffer(t *testing.T) {
 func TestDataSinkKeepsOrder(t *testing.T) {
 	payload := make([]byte, 4<<20)
 	_, _ = rand.Read(payload)
-	var mu sync.Mutex
-	var got []byte
-	var calls, sunk, read int
+	seen := make(chan sinkcheck.Result, 1)
 	ts := startServer(t, ServerConfig{InitialStreamWindowSize: 16 << 10}, func(s *ServerStream) {
-		s.SetDataSink(func(p []byte) int {
-			mu.Lock()
-			defer mu.Unlock()
-			calls++
-			n := [...]int{len(p), len(p) / 2, 0}[calls%3]
-			got = append(got, p[:n]...)
-			sunk += n
-			return n
-		})
-		buf := make([]byte, 5000)
-		for i := 0; ; i++ {
-			s.WaitReadable()
-			n, err := s.Read(buf)
-			if i%7 == 0 {
-				time.Sleep(time.Millisecond) // still passing on what it read: DATA must queue
-			}
-			mu.Lock()
-			got = append(got, buf[:n]...)
-			read += n
-			mu.Unlock()
-			if err != nil {
-				break
-			}
-		}
+		seen <- sinkcheck.Run(s)
 		_ = s.WriteHeaders(headers.New(":status", "200"), true)
 	})
 	tr := h2cTransport()
@@ -835,15 +811,13 @@ func TestDataSinkKeepsOrder(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	mu.Lock()
-	defer mu.Unlock()
-	if resp.StatusCode != 200 || !bytes.Equal(got, payload) {
-		t.Fatalf("status %d; the sink and Read saw %d bytes together, sent %d; equal: %v", resp.StatusCode, len(got), len(payload), bytes.Equal(got, payload))
+	r := <-seen
+	if resp.StatusCode != 200 || r.Err != nil || !bytes.Equal(r.Got, payload) {
+		t.Fatalf("status %d; the sink and Read saw %d bytes together (%v), sent %d; equal: %v", resp.StatusCode, len(r.Got), r.Err, len(payload), bytes.Equal(r.Got, payload))
 	}
-	if sunk == 0 || read == 0 {
-		t.Fatalf("sink took %d bytes and Read %d: both paths should have carried some", sunk, read)
+	if r.Sunk == 0 || r.Read == 0 {
+		t.Fatalf("sink took %d bytes and Read %d: both paths should have carried some", r.Sunk, r.Read)
 	}
-	t.Logf("%d sink calls, %d bytes through the sink, %d through Read", calls, sunk, read)
 }
 
 // TestDataSinkResetReturnsWindow: DATA the sink did not take on a stream that was reset while the

@@ -19,6 +19,7 @@ import (
 	h2 "golang.org/x/net/http2"
 
 	"github.com/switchyard-proxy/switchyard/headers"
+	"github.com/switchyard-proxy/switchyard/internal/testing/sinkcheck"
 )
 
 // Requests against x/net's server: the ordinary HTTP/2 a real upstream speaks.
@@ -277,42 +278,11 @@ func TestDataSinkKeepsOrder(t *testing.T) {
 	if _, err := s.Response(ctxT(t)); err != nil {
 		t.Fatal(err)
 	}
-	var mu sync.Mutex
-	var got []byte
-	var calls, sunk, read int
-	s.SetDataSink(func(p []byte) int {
-		mu.Lock()
-		defer mu.Unlock()
-		calls++
-		n := [...]int{len(p), len(p) / 2, 0}[calls%3]
-		got = append(got, p[:n]...)
-		sunk += n
-		return n
-	})
-	buf := make([]byte, 5000)
-	for i := 0; ; i++ {
-		s.WaitReadable()
-		n, err := s.Read(buf)
-		if i%7 == 0 {
-			time.Sleep(time.Millisecond) // still passing on what it read: DATA must queue
-		}
-		mu.Lock()
-		got = append(got, buf[:n]...)
-		read += n
-		mu.Unlock()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
+	r := sinkcheck.Run(s)
+	if r.Err != nil || !bytes.Equal(r.Got, payload) {
+		t.Fatalf("the sink and Read saw %d bytes together (%v), the server sent %d; equal: %v", len(r.Got), r.Err, len(payload), bytes.Equal(r.Got, payload))
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	if !bytes.Equal(got, payload) {
-		t.Fatalf("the sink and Read saw %d bytes together, the server sent %d; equal: false", len(got), len(payload))
-	}
-	if sunk == 0 || read == 0 {
-		t.Fatalf("sink took %d bytes and Read %d: both paths should have carried some", sunk, read)
+	if r.Sunk == 0 || r.Read == 0 {
+		t.Fatalf("sink took %d bytes and Read %d: both paths should have carried some", r.Sunk, r.Read)
 	}
 }
