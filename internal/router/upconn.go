@@ -25,6 +25,7 @@ import (
 // upstream is one attempt's exchange with a host, whatever the protocol: the router writes the
 // request and reads the response through it, and after a 101 carries the tunnel over it. Writes
 // come from one goroutine at a time (the attempt's wmu); reads from the attempt's goroutine.
+// sendHeaders must not change h: it is the router's, and a retry sends it again.
 type upstream interface {
 	sendHeaders(h *headers.Map, end bool) error
 	write(p []byte) error // request body, or tunnel bytes once the tunnel is open
@@ -66,7 +67,8 @@ type h1Upstream struct {
 func (u *h1Upstream) sendHeaders(h *headers.Map, _ bool) error {
 	if u.makeKey && strings.EqualFold(headers.UpgradeToken(h), "websocket") && !h.Has("sec-websocket-key") {
 		// An RFC 8441 WebSocket has no key; an RFC 6455 server needs one (Envoy #8547). Make one
-		// up, and check the server's answer to it.
+		// up, for this attempt only, and check the server's answer to it.
+		h = h.Clone()
 		var k [16]byte
 		rand.Read(k[:])
 		key := base64.StdEncoding.EncodeToString(k[:])

@@ -204,7 +204,7 @@ func (r *routerFilter) attempt(canRetry func(failure) bool, isRetry bool) bool {
 	defer stopPerTry()
 
 	att.wmu.Lock()
-	err = up.sendHeaders(r.upHeaders.Clone(), !r.hasBody && r.upgrade == "")
+	err = up.sendHeaders(r.upHeaders, !r.hasBody && r.upgrade == "")
 	att.wmu.Unlock()
 	if errors.Is(err, client.ErrNoExtendedConnect) {
 		up.release(false)
