@@ -14,6 +14,7 @@ import (
 	"github.com/switchyard-proxy/switchyard/internal/cluster"
 	"github.com/switchyard-proxy/switchyard/internal/codec/http2/client"
 	"github.com/switchyard-proxy/switchyard/internal/config"
+	"github.com/switchyard-proxy/switchyard/internal/rawsys"
 )
 
 // failure kinds a retry policy can name.
@@ -447,8 +448,10 @@ func (r *routerFilter) tunnel(att *attempt, resp *upResponse) {
 	if r.handOff(att) {
 		return
 	}
-	if taker, ok := r.info.(InlineTaker); ok {
-		taker.InlineTunnel(r.tryTunnelWrite)
+	if u, ok := up.(*h1Upstream); ok && u.conn != nil && rawsys.Socket(u.conn) != nil {
+		if taker, ok := r.info.(InlineTaker); ok {
+			taker.InlineTunnel(r.tryTunnelWrite) // only a plain socket can take a try-write
+		}
 	}
 	if u, ok := up.(*h2Upstream); ok {
 		if enc, ok := r.info.(TunnelEncoder); ok {
