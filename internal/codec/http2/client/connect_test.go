@@ -71,18 +71,7 @@ func TestExtendedConnectRequestShape(t *testing.T) {
 func TestExtendedConnectTunnelHalfClose(t *testing.T) {
 	cc, p := newRawPeer(t, Config{})
 	p.handshake(cc, enableConnect)
-	open := func() (*ClientStream, uint32) {
-		s, err := cc.NewStream(ctxT(t), upgradeReq("GET"), false)
-		if err != nil {
-			t.Fatal(err)
-		}
-		id := p.nextHeaders().StreamID
-		p.writeHeaders(id, false, ":status", "200")
-		if _, err := s.Response(ctxT(t)); err != nil {
-			t.Fatal(err)
-		}
-		return s, id
-	}
+	open := func() (*ClientStream, uint32) { return p.answered(cc, upgradeReq("GET"), false) }
 	read := func(s *ClientStream, want string) {
 		t.Helper()
 		buf := make([]byte, len(want))

@@ -145,6 +145,22 @@ func (p *rawPeer) handshake(cc *ClientConn, settings ...h2.Setting) {
 	waitSettings(p.t, cc)
 }
 
+// answered opens a stream for req, answers it with :status 200 (no END_STREAM) and returns it
+// once the client has the response, with its id.
+func (p *rawPeer) answered(cc *ClientConn, req *headers.Map, end bool) (*ClientStream, uint32) {
+	p.t.Helper()
+	s, err := cc.NewStream(ctxT(p.t), req, end)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	id := p.nextHeaders().StreamID
+	p.writeHeaders(id, false, ":status", "200")
+	if _, err := s.Response(ctxT(p.t)); err != nil {
+		p.t.Fatal(err)
+	}
+	return s, id
+}
+
 // read returns the next frame, failing the test after 5s.
 func (p *rawPeer) read() h2.Frame {
 	p.t.Helper()

@@ -180,15 +180,7 @@ func TestNoKeepaliveByDefault(t *testing.T) {
 func TestIdleStreamReleasesReceiveBuffer(t *testing.T) {
 	cc, p := newRawPeer(t, Config{})
 	p.handshake(cc)
-	s, err := cc.NewStream(ctxT(t), get("/"), true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := p.nextHeaders().StreamID
-	p.writeHeaders(id, false, ":status", "200")
-	if _, err := s.Response(ctxT(t)); err != nil {
-		t.Fatal(err)
-	}
+	s, id := p.answered(cc, get("/"), true)
 	holds := func() bool {
 		cc.mu.Lock()
 		defer cc.mu.Unlock()

@@ -599,15 +599,7 @@ func TestPeerHeaderTableSize(t *testing.T) {
 func TestDataSinkResetReturnsWindow(t *testing.T) {
 	cc, p := newRawPeer(t, Config{InitialConnectionWindowSize: 65535})
 	p.handshake(cc)
-	s, err := cc.NewStream(ctxT(t), get("/"), true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := p.nextHeaders().StreamID
-	p.writeHeaders(id, false, ":status", "200")
-	if _, err := s.Response(ctxT(t)); err != nil {
-		t.Fatal(err)
-	}
+	s, id := p.answered(cc, get("/"), true)
 	s.SetDataSink(func([]byte) int {
 		s.Reset(h2.ErrCodeCancel) // as the client going away while the sink writes would
 		return 0
