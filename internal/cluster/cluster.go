@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/switchyard-proxy/switchyard/internal/codec/http2"
+	"github.com/switchyard-proxy/switchyard/internal/rawsys"
 	"log/slog"
 	"net"
 	"sync"
@@ -317,7 +318,7 @@ func (c *Cluster) dial(ctx context.Context, h *Host) (*pconn, error) {
 	h.cxActive.Add(1)
 	// No TCP keepalive, as in Envoy without upstream_connection_options (Go's dialer would turn
 	// it on with four setsockopt calls per connection).
-	d := net.Dialer{Timeout: c.Config.ConnectTimeout, KeepAlive: -1}
+	d := net.Dialer{Timeout: c.Config.ConnectTimeout, KeepAlive: -1, Control: rawsys.StartConnect}
 	conn, err := d.DialContext(ctx, "tcp", h.DialAddress())
 	if err == nil && c.tls != nil {
 		hctx, cancel := context.WithTimeout(ctx, c.Config.ConnectTimeout)

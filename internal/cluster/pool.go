@@ -3,12 +3,14 @@ package cluster
 import (
 	"bufio"
 	"errors"
+	"io"
 	"net"
 	"slices"
 	"sync"
 	"time"
 
 	"github.com/switchyard-proxy/switchyard/buffer"
+	"github.com/switchyard-proxy/switchyard/internal/rawsys"
 )
 
 // pool is one host's stack of idle connections. LIFO: the most recently used connection is the
@@ -134,7 +136,14 @@ type pconn struct {
 }
 
 func newPconn(conn net.Conn, h *Host) *pconn {
-	return &pconn{conn: conn, r: buffer.GetReader(conn), w: buffer.GetWriter(conn), host: h}
+	var r io.Reader = conn
+	var w io.Writer = conn
+	// Raw reads and writes for a plain TCP socket (see rawsys): the request head goes out and the
+	// response head comes in without a thread hand-off.
+	if cr := rawsys.NewConnReader(conn); cr != nil {
+		r, w = cr, rawsys.NewConnWriter(conn)
+	}
+	return &pconn{conn: conn, r: buffer.GetReader(r), w: buffer.GetWriter(w), host: h}
 }
 
 // close closes the connection and does its accounting, once.

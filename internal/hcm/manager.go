@@ -295,9 +295,13 @@ type countingConn struct {
 	net.Conn
 	rx, tx *stats.Counter
 	sock   *rawsys.ConnWriter
+	in     *rawsys.ConnReader
 }
 
 func (c *countingConn) Read(p []byte) (int, error) {
+	if c.in != nil {
+		return c.in.Read(p) // counts through CountRead
+	}
 	n, err := c.Conn.Read(p)
 	c.rx.Add(uint64(n))
 	return n, err
@@ -366,7 +370,7 @@ func (m *Manager) ServeConn(ctx context.Context, nc net.Conn, hooks ConnHooks) {
 		scheme, alpn = "https", tc.ConnectionState().NegotiatedProtocol
 	}
 	cc := &countingConn{Conn: nc, rx: s.CxRxBytes, tx: s.CxTxBytes}
-	cc.sock = rawsys.NewConnWriter(cc)
+	cc.sock, cc.in = rawsys.NewConnWriter(cc), rawsys.NewConnReader(cc)
 	c := &conn{m: m, nc: cc, br: buffer.GetReader(cc), remote: nc.RemoteAddr().String(), scheme: scheme, life: life}
 	stop := context.AfterFunc(ctx, func() { nc.SetReadDeadline(time.Now()) })
 	c.stopWake = func() { stop() }

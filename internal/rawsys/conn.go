@@ -2,6 +2,7 @@ package rawsys
 
 import (
 	"crypto/tls"
+	"io"
 	"net"
 	"os"
 	"sync"
@@ -31,6 +32,77 @@ func Socket(c net.Conn) syscall.RawConn {
 		return nil
 	}
 	return rc
+}
+
+// ConnReader reads from a connection's socket with this package's Read, waiting for bytes through
+// Go's poller (so the connection's read deadline holds): net.Conn's Read announces its system
+// call to the scheduler, and a read that does TCP work on loopback is long enough for that to
+// cost a thread hand-off (see the package comment). Bytes read are reported to the connection's
+// CountRead, if it has one, as its own Read would count them. It allocates nothing per read. Safe
+// for concurrent use, like a net.Conn (reads are serialized).
+type ConnReader struct {
+	mu      sync.Mutex
+	rc      syscall.RawConn
+	counter interface{ CountRead(n int) }
+	p       []byte
+	n       int
+	err     error
+	read    func(fd uintptr) bool
+}
+
+// NewConnReader returns a reader for c's socket, or nil when Socket(c) is nil: read from c then.
+func NewConnReader(c net.Conn) *ConnReader {
+	rc := Socket(c)
+	if rc == nil {
+		return nil
+	}
+	r := &ConnReader{rc: rc}
+	r.counter, _ = c.(interface{ CountRead(n int) })
+	r.read = r.readOnce
+	return r
+}
+
+// Read reads what the socket has, up to len(p), like net.Conn's Read: io.EOF once the peer has
+// closed its side.
+func (r *ConnReader) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.p, r.n, r.err = p, 0, nil
+	err := r.rc.Read(r.read)
+	n := r.n
+	r.p = nil
+	switch {
+	case err != nil:
+		return 0, err
+	case r.err != nil:
+		return 0, &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("read", r.err)}
+	case n == 0:
+		return 0, io.EOF
+	}
+	if r.counter != nil {
+		r.counter.CountRead(n)
+	}
+	return n, nil
+}
+
+func (r *ConnReader) readOnce(fd uintptr) bool {
+	for {
+		n, err := Read(int(fd), r.p)
+		switch {
+		case err == syscall.EINTR:
+			continue
+		case err == syscall.EAGAIN:
+			return false // the poller waits for bytes
+		case err != nil:
+			r.err = err
+			return true
+		}
+		r.n = n
+		return true
+	}
 }
 
 // ConnWriter writes to a connection's socket with Write and Writev of this package, waiting for

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -173,5 +174,88 @@ func TestConnWriterTryWriteStopsWhenFull(t *testing.T) {
 	got := make([]byte, n+m)
 	if _, err := io.ReadFull(s, got); err != nil || !bytes.Equal(got, payload[:n+m]) {
 		t.Fatalf("the reader got other bytes than the %d taken (%v)", n+m, err)
+	}
+}
+
+type countingReads struct {
+	net.Conn
+	n int
+}
+
+func (c *countingReads) NetConn() net.Conn { return c.Conn }
+func (c *countingReads) CountRead(n int)   { c.n += n }
+
+// Bytes arrive whole and in order through the poller's waits, counted once; then io.EOF.
+func TestConnReaderReadsToEOF(t *testing.T) {
+	c, s := tcpPair(t)
+	cc := &countingReads{Conn: s}
+	r := NewConnReader(cc)
+	if r == nil {
+		t.Fatal("no reader for a plain TCP socket")
+	}
+	payload := make([]byte, 4<<20)
+	rand.Read(payload)
+	go func() {
+		for p := payload; len(p) > 0; {
+			n := min(len(p), 100_000)
+			c.Write(p[:n])
+			p = p[n:]
+			time.Sleep(time.Millisecond) // the reader waits in the poller between bursts
+		}
+		c.CloseWrite()
+	}()
+	got, err := io.ReadAll(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, payload) {
+		t.Fatalf("read %d bytes, not the %d written", len(got), len(payload))
+	}
+	if cc.n != len(payload) {
+		t.Fatalf("counted %d bytes, read %d", cc.n, len(payload))
+	}
+	if n, err := r.Read(make([]byte, 10)); n != 0 || err != io.EOF {
+		t.Fatalf("read after EOF: %d, %v", n, err)
+	}
+}
+
+// The connection's read deadline ends a wait with a timeout, and Close ends one with net.ErrClosed,
+// as they do for net.Conn's own Read.
+func TestConnReaderDeadlineAndClose(t *testing.T) {
+	_, s := tcpPair(t)
+	r := NewConnReader(s)
+	s.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+	_, err := r.Read(make([]byte, 10))
+	var ne net.Error
+	if !errors.As(err, &ne) || !ne.Timeout() || !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read past the deadline: %v", err)
+	}
+	s.SetReadDeadline(time.Time{})
+	done := make(chan error, 1)
+	go func() {
+		_, err := r.Read(make([]byte, 10))
+		done <- err
+	}()
+	time.Sleep(20 * time.Millisecond)
+	s.Close()
+	select {
+	case err := <-done:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Fatalf("read on a closed connection: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not end the wait")
+	}
+}
+
+// A peer's reset is an error that says so, not an EOF.
+func TestConnReaderReset(t *testing.T) {
+	c, s := tcpPair(t)
+	r := NewConnReader(s)
+	c.SetLinger(0)
+	c.Close() // RST
+	_, err := r.Read(make([]byte, 10))
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("read after the peer's reset: %v", err)
 	}
 }
