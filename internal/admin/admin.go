@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/switchyard-proxy/switchyard/internal/workers"
 	"io"
 	"log/slog"
 	"net"
@@ -133,6 +134,7 @@ type Server struct {
 	closeOnce    sync.Once
 
 	live, uptime, stateGauge, goroutines *stats.Gauge
+	workersIdle                          *stats.Gauge
 }
 
 // Start listens on opts.Address and serves the admin endpoints on a goroutine owned by the
@@ -164,6 +166,7 @@ func Start(opts Options) (*Server, error) {
 	s.uptime = s.store.Gauge("server.uptime")
 	s.stateGauge = s.store.Gauge("server.state")
 	s.goroutines = s.store.Gauge("server.goroutines")
+	s.workersIdle = s.store.Gauge("server.workers_idle")
 	s.updateStateGauges()
 	s.updateUptime()
 	s.srv = &http.Server{
@@ -242,10 +245,12 @@ func (s *Server) updateStateGauges() {
 	}
 }
 
-// updateUptime sets server.uptime, and server.goroutines (not an Envoy stat: it lets tests and
-// operators see that tunnels and streams leave nothing behind), and returns the uptime.
+// updateUptime sets server.uptime, and server.goroutines and server.workers_idle (not Envoy stats:
+// they let tests and operators see that tunnels and streams leave nothing behind but the
+// goroutines kept for the next connection, see package workers), and returns the uptime.
 func (s *Server) updateUptime() int64 {
 	s.goroutines.Set(int64(runtime.NumGoroutine()))
+	s.workersIdle.Set(int64(workers.Idle()))
 	up := int64(time.Since(s.started) / time.Second)
 	s.uptime.Set(up)
 	return up

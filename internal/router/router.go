@@ -3,6 +3,7 @@ package router
 import (
 	"context"
 	"errors"
+	"github.com/switchyard-proxy/switchyard/internal/workers"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -256,7 +257,7 @@ func (r *routerFilter) DecodeHeaders(h *headers.Map, end bool) filter.Status {
 	}
 	r.mu.Unlock()
 	r.wg.Add(1)
-	go r.run()
+	workers.Go(r.run)
 	return filter.StopIteration
 }
 

@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"github.com/switchyard-proxy/switchyard/internal/workers"
 	"log/slog"
 	"net"
 	"sync"
@@ -213,14 +214,14 @@ func (s *Server) accept(r *activeListener) {
 			oc.nc = nil
 			s.mu.Unlock()
 		}
-		go func() {
+		workers.Go(func() {
 			if r.limit != nil && !admitted {
 				s.refuse(nc, m, r.limit.delay)
 				ended()
 				return
 			}
 			m.ServeConn(s.ctx, nc, hcm.ConnHooks{Ended: ended, Detached: detached})
-		}()
+		})
 	}
 }
 

@@ -136,8 +136,11 @@ func (p *Proxy) RSS() int64 {
 	return 0
 }
 
-// Goroutines is the proxy's live goroutine count (the server.goroutines stat).
+// Goroutines is the proxy's count of goroutines at work: server.goroutines less the idle ones
+// kept for the next connection (server.workers_idle, package workers), which no tunnel or stream
+// holds. Both stats are set at the same moment.
 func (p *Proxy) Goroutines() int64 {
 	p.t.Helper()
-	return p.Stat("server.goroutines")
+	st := p.Stats()
+	return st["server.goroutines"] - st["server.workers_idle"]
 }

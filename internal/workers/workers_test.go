@@ -1,0 +1,99 @@
+package workers
+
+import (
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+)
+
+// waitIdle waits until n goroutines wait for work.
+func waitIdle(t *testing.T, n int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for Idle() != n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d idle goroutines, want %d", Idle(), n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// drain ends every idle goroutine, so each test starts from none.
+func drain(t *testing.T) {
+	mu.Lock()
+	for _, w := range idle {
+		w.next <- nil
+	}
+	idle = nil
+	mu.Unlock()
+}
+
+// A second function runs on the goroutine the first one left: no goroutine is added.
+func TestGoReusesGoroutine(t *testing.T) {
+	drain(t)
+	defer drain(t)
+	done := make(chan struct{})
+	Go(func() { done <- struct{}{} })
+	<-done
+	waitIdle(t, 1)
+	before := runtime.NumGoroutine()
+	release := make(chan struct{})
+	Go(func() { done <- struct{}{}; <-release })
+	<-done
+	if Idle() != 0 {
+		t.Fatalf("%d idle goroutines while the only one runs a function", Idle())
+	}
+	if got := runtime.NumGoroutine(); got != before {
+		t.Fatalf("goroutines: %d, %d before: the idle one was not used", got, before)
+	}
+	close(release)
+	waitIdle(t, 1)
+}
+
+// Functions run concurrently, like go statements; after a burst at most maxIdle goroutines stay.
+func TestGoBoundsIdle(t *testing.T) {
+	drain(t)
+	defer drain(t)
+	base := runtime.NumGoroutine()
+	var started, wg sync.WaitGroup
+	release := make(chan struct{})
+	const n = maxIdle + 50
+	started.Add(n)
+	wg.Add(n)
+	for range n {
+		Go(func() { started.Done(); <-release; wg.Done() })
+	}
+	started.Wait() // all n run at once: none waited for another
+	close(release)
+	wg.Wait()
+	waitIdle(t, maxIdle)
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > base+maxIdle {
+		if time.Now().After(deadline) {
+			t.Fatalf("goroutines: %d, want at most %d", runtime.NumGoroutine(), base+maxIdle)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// A goroutine idle past maxWait ends when another goes idle.
+func TestIdleGoroutinesExpire(t *testing.T) {
+	drain(t)
+	defer drain(t)
+	defer func(d time.Duration) { maxWait = d }(maxWait)
+	maxWait = 20 * time.Millisecond
+	release := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(2)
+	Go(func() { <-release; wg.Done() })
+	Go(func() { <-release; wg.Done() })
+	close(release)
+	wg.Wait()
+	waitIdle(t, 2)
+	time.Sleep(50 * time.Millisecond)
+	done := make(chan struct{})
+	Go(func() { close(done) }) // takes the newest, and ends the oldest when it parks again
+	<-done
+	waitIdle(t, 1)
+}
