@@ -207,8 +207,8 @@ def med(rs, k):
     return statistics.median(v) if v else None
 def f(x, nd=0):
     return "-" if x is None else (f"{x:.{nd}f}" if nd else f"{round(x)}")
-print("| case | target | runs | median | unit | x direct | p50 us | p99 us | proxy CPU us/op | errors |")
-print("|---|---|---|---|---|---|---|---|---|---|")
+print("| case | target | runs | median | unit | x direct | p50 us | p99 us | proxy CPU us/op | host busy | errors |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
 for c in cases:
     idle, bulk = c.startswith("idle"), c.startswith("bulk")
     key, unit = ("rss_per_idle_tunnel_kib", "KiB/tunnel") if idle else (("throughput_mib_s", "MiB/s") if bulk else ("ops_per_s", "upgrades/s" if c.startswith("handshakes") else "msgs/s"))
@@ -221,7 +221,10 @@ for c in cases:
         pid_ok = ok and all(r.get("target_pid") for r in ok)
         ratio = "-" if t == "direct" or not base or m is None else f"{m / base:.2f}"
         if idle and not pid_ok: m = None
+        busy = med([r for r in ok if "host_cpu_busy" in r], "host_cpu_busy")  # the machine's busy share
         print(f"| {c} | {t} | {len(ok)}/{len(rs)} | {f(m, 1) if idle else f(m)} | {unit} | {ratio if not idle or m is not None else '-'} "
               f"| {'-' if bulk or idle else f(med(rs, 'p50_us'))} | {'-' if bulk or idle else f(med(rs, 'p99_us'))} "
-              f"| {f(med(rs, 'cpu_us_per_op'), 1) if pid_ok else 'n/a'} | {sum(r.get('errors', 0) for r in ok)} |")
+              f"| {f(med(rs, 'cpu_us_per_op'), 1) if pid_ok else 'n/a'} "
+              f"| {'-' if idle or busy is None else f'{100 * busy:.0f}%'} "
+              f"| {sum(r.get('errors', 0) for r in ok)} |")
 PY

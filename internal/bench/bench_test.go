@@ -57,7 +57,7 @@ func runJSON(t *testing.T, cfg Config) map[string]any {
 		t.Fatal(err)
 	}
 	for _, k := range []string{"workload", "target", "proto", "conns", "msg_bytes", "duration_s", "ops", "ops_per_s",
-		"p50_us", "p99_us", "p999_us", "throughput_mib_s", "target_pid", "cpu_us_per_op", "client_cpu_cores", "rss_kib_before",
+		"p50_us", "p99_us", "p999_us", "throughput_mib_s", "target_pid", "cpu_us_per_op", "client_cpu_cores", "host_cpu_busy", "rss_kib_before",
 		"rss_kib_after", "rss_per_idle_tunnel_kib", "target_pids"} {
 		if _, ok := m[k]; !ok {
 			t.Errorf("result line lacks %q: %s", k, line)

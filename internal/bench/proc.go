@@ -161,6 +161,44 @@ func selfCPU() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
+// hostTicks is the whole machine's CPU time from /proc/stat, in clock ticks: busy (user, nice,
+// system, irq, softirq, steal) and the total with idle and iowait. Zero where it cannot be read.
+func hostTicks() (busy, total uint64) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0
+	}
+	busy, total, _ = parseHostTicks(b)
+	return busy, total
+}
+
+// parseHostTicks reads the first line of /proc/stat ("cpu  user nice system idle iowait irq
+// softirq steal ..."); guest time is already inside user and nice.
+func parseHostTicks(stat []byte) (busy, total uint64, err error) {
+	line, _, _ := bytes.Cut(stat, []byte("\n"))
+	f := strings.Fields(string(line))
+	if len(f) < 9 || f[0] != "cpu" {
+		return 0, 0, fmt.Errorf("bench: unexpected /proc/stat line %q", line)
+	}
+	var v [8]uint64
+	for i := range v {
+		if v[i], err = strconv.ParseUint(f[i+1], 10, 64); err != nil {
+			return 0, 0, fmt.Errorf("bench: /proc/stat field %d: %w", i+1, err)
+		}
+		total += v[i]
+	}
+	return total - v[3] - v[4], total, nil
+}
+
+// hostBusy is the share of the machine's CPU time that was busy between two hostTicks readings,
+// rounded to a thousandth; 0 when unknown.
+func hostBusy(busy0, total0, busy1, total1 uint64) float64 {
+	if total1 <= total0 || busy1 < busy0 {
+		return 0
+	}
+	return round(float64(busy1-busy0)/float64(total1-total0), 3)
+}
+
 func readStat(pid int) (statFields, error) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {

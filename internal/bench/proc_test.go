@@ -219,3 +219,27 @@ func TestSampleTree(t *testing.T) {
 		}
 	})
 }
+
+// The machine's busy share counts everything but idle and iowait, steal included.
+func TestHostBusy(t *testing.T) {
+	before := []byte("cpu  100 0 50 800 10 0 20 20 0 0\ncpu0 50 0 25 400 5 0 10 10 0 0\n")
+	after := []byte("cpu  200 0 150 900 10 0 70 30 0 0\ncpu0 100 0 75 450 5 0 35 15 0 0\n")
+	b0, t0, err := parseHostTicks(before)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b1, t1, err := parseHostTicks(after)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// busy: user +100, system +100, softirq +50, steal +10 = 260 of 360 ticks.
+	if got := hostBusy(b0, t0, b1, t1); got != 0.722 {
+		t.Fatalf("host busy %v, want 0.722", got)
+	}
+	if got := hostBusy(b1, t1, b0, t0); got != 0 {
+		t.Fatalf("host busy with the readings swapped: %v, want 0 (unknown)", got)
+	}
+	if _, _, err := parseHostTicks([]byte("intr 1 2 3\n")); err == nil {
+		t.Fatal("a file without a cpu line parsed")
+	}
+}

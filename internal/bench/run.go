@@ -54,7 +54,9 @@ type Config struct {
 // descendants, as found at the end of the window (target_pid is the first PID given, as when only
 // one could be). CPU and RSS fields are 0 without a PID. For idle, duration and ops/s cover opening
 // the sockets, CPU per op is the target's CPU from before the first to the RSS sample per socket,
-// and target_cpu_cores is 0. client_cpu_cores is this process (the load generator) in the window.
+// and target_cpu_cores is 0. client_cpu_cores is this process (the load generator) in the window, and host_cpu_busy the share
+// of the whole machine's CPU time that was busy in the window (/proc/stat; steal counts as busy):
+// near 1, the machine itself is the limit, whatever the target does.
 type Result struct {
 	Workload            string  `json:"workload"`
 	Target              string  `json:"target"`
@@ -73,6 +75,7 @@ type Result struct {
 	CPUUSPerOp          float64 `json:"cpu_us_per_op"`
 	TargetCPUCores      float64 `json:"target_cpu_cores"`
 	ClientCPUCores      float64 `json:"client_cpu_cores"`
+	HostCPUBusy         float64 `json:"host_cpu_busy"`
 	RSSKiBBefore        int64   `json:"rss_kib_before"`
 	RSSKiBAfter         int64   `json:"rss_kib_after"`
 	RSSPerIdleTunnelKiB float64 `json:"rss_per_idle_tunnel_kib"`
@@ -273,6 +276,7 @@ func (r *runner) load(first *wsConn) (*Result, error) {
 		return nil, err
 	}
 	clientBefore := selfCPU()
+	hostBusy0, hostTotal0 := hostTicks()
 	start := r.now()
 	r.t0.Store(start)
 	if r.cfg.Ops > 0 {
@@ -291,6 +295,7 @@ func (r *runner) load(first *wsConn) (*Result, error) {
 	}
 	r.t1.Store(end)
 	clientCPU := selfCPU() - clientBefore
+	hostBusy1, hostTotal1 := hostTicks()
 	after, err := r.sample()
 	r.shutdown(&wg)
 	if err != nil {
@@ -298,6 +303,7 @@ func (r *runner) load(first *wsConn) (*Result, error) {
 	}
 	res := r.result(time.Duration(end-start), before, after)
 	res.ClientCPUCores = round(clientCPU.Seconds()/time.Duration(end-start).Seconds(), 3)
+	res.HostCPUBusy = hostBusy(hostBusy0, hostTotal0, hostBusy1, hostTotal1)
 	return res, nil
 }
 
