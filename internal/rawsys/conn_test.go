@@ -38,13 +38,16 @@ func tcpPair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
 	return c.(*net.TCPConn), s.(*net.TCPConn)
 }
 
+// counting is a connection that counts its bytes, as the connection manager's does.
 type counting struct {
 	net.Conn
-	n int
+	n    int // written
+	read int
 }
 
 func (c *counting) NetConn() net.Conn { return c.Conn }
 func (c *counting) CountWrite(n int)  { c.n += n }
+func (c *counting) CountRead(n int)   { c.read += n }
 
 // A write far larger than the socket buffers waits for the reader through the poller and arrives
 // whole and in order, counted once.
@@ -177,18 +180,10 @@ func TestConnWriterTryWriteStopsWhenFull(t *testing.T) {
 	}
 }
 
-type countingReads struct {
-	net.Conn
-	n int
-}
-
-func (c *countingReads) NetConn() net.Conn { return c.Conn }
-func (c *countingReads) CountRead(n int)   { c.n += n }
-
 // Bytes arrive whole and in order through the poller's waits, counted once; then io.EOF.
 func TestConnReaderReadsToEOF(t *testing.T) {
 	c, s := tcpPair(t)
-	cc := &countingReads{Conn: s}
+	cc := &counting{Conn: s}
 	r := NewConnReader(cc)
 	if r == nil {
 		t.Fatal("no reader for a plain TCP socket")
@@ -211,8 +206,8 @@ func TestConnReaderReadsToEOF(t *testing.T) {
 	if !bytes.Equal(got, payload) {
 		t.Fatalf("read %d bytes, not the %d written", len(got), len(payload))
 	}
-	if cc.n != len(payload) {
-		t.Fatalf("counted %d bytes, read %d", cc.n, len(payload))
+	if cc.read != len(payload) || cc.n != 0 {
+		t.Fatalf("counted %d bytes read and %d written, read %d", cc.read, cc.n, len(payload))
 	}
 	if n, err := r.Read(make([]byte, 10)); n != 0 || err != io.EOF {
 		t.Fatalf("read after EOF: %d, %v", n, err)
