@@ -12,7 +12,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/switchyard-proxy/switchyard/internal/workers"
 	"io"
 	"log/slog"
 	"net"
@@ -29,6 +28,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/switchyard-proxy/switchyard/internal/stats"
+	"github.com/switchyard-proxy/switchyard/internal/workers"
 )
 
 // Server states, named as Envoy's envoy.admin.v3.ServerInfo.State.

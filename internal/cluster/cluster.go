@@ -12,15 +12,15 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"github.com/switchyard-proxy/switchyard/internal/codec/http2"
-	"github.com/switchyard-proxy/switchyard/internal/rawsys"
 	"log/slog"
 	"net"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/switchyard-proxy/switchyard/internal/codec/http2"
 	"github.com/switchyard-proxy/switchyard/internal/config"
+	"github.com/switchyard-proxy/switchyard/internal/rawsys"
 	"github.com/switchyard-proxy/switchyard/internal/stats"
 )
 

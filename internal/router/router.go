@@ -3,7 +3,6 @@ package router
 import (
 	"context"
 	"errors"
-	"github.com/switchyard-proxy/switchyard/internal/workers"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -21,6 +20,7 @@ import (
 	"github.com/switchyard-proxy/switchyard/internal/config"
 	"github.com/switchyard-proxy/switchyard/internal/memacct"
 	"github.com/switchyard-proxy/switchyard/internal/tunnel"
+	"github.com/switchyard-proxy/switchyard/internal/workers"
 	"google.golang.org/protobuf/proto"
 )
 

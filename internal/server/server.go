@@ -8,7 +8,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"github.com/switchyard-proxy/switchyard/internal/workers"
 	"log/slog"
 	"net"
 	"sync"
@@ -22,6 +21,7 @@ import (
 	"github.com/switchyard-proxy/switchyard/internal/hcm"
 	"github.com/switchyard-proxy/switchyard/internal/router"
 	"github.com/switchyard-proxy/switchyard/internal/stats"
+	"github.com/switchyard-proxy/switchyard/internal/workers"
 	"google.golang.org/protobuf/proto"
 )
 
