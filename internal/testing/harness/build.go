@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -29,6 +30,7 @@ func BinaryNoRace(t testing.TB) string {
 		return Binary(t)
 	}
 	noRaceOnce.Do(func() {
+		readSources()
 		dir, err := os.MkdirTemp("", "switchyard-e2e-norace-")
 		if err != nil {
 			noRaceErr = err
@@ -45,6 +47,32 @@ func BinaryNoRace(t testing.TB) string {
 		t.Fatal(noRaceErr)
 	}
 	return noRacePath
+}
+
+// readSources reads every file the proxy's build reads (Go sources, go.mod, go.sum, embedded
+// files), so that the go command's test cache, which records the files a test opens, drops a
+// cached result when the proxy's code changes: the build runs in a child process the cache does
+// not see, and without this a package of end-to-end tests passed from the cache against code it
+// had never run.
+func readSources() {
+	root := moduleRoot()
+	filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return nil
+		}
+		name := d.Name()
+		if d.IsDir() {
+			if path != root && (strings.HasPrefix(name, ".") || name == "testdata" || path == filepath.Join(root, "bench")) {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if strings.HasSuffix(name, "_test.go") || strings.HasSuffix(name, ".test") || strings.HasSuffix(name, ".md") {
+			return nil
+		}
+		os.ReadFile(path)
+		return nil
+	})
 }
 
 // StartNoRace is Start with the BinaryNoRace build, for tests that hold thousands of tunnels.

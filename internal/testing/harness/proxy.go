@@ -35,6 +35,7 @@ func moduleRoot() string {
 func Binary(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
+		readSources()
 		dir, err := os.MkdirTemp("", "switchyard-e2e-")
 		if err != nil {
 			buildErr = err
