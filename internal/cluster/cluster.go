@@ -317,7 +317,8 @@ func (c *Cluster) dial(ctx context.Context, h *Host) (*pconn, error) {
 	c.Stats.UpstreamCxActive.Inc()
 	h.cxActive.Add(1)
 	// No TCP keepalive, as in Envoy without upstream_connection_options (Go's dialer would turn
-	// it on with four setsockopt calls per connection).
+	// it on with four setsockopt calls per connection). StartConnect rules out a LocalAddr (a
+	// source address, upstream_bind_config, would need the connect left to the dialer).
 	d := net.Dialer{Timeout: c.Config.ConnectTimeout, KeepAlive: -1, Control: rawsys.StartConnect}
 	conn, err := d.DialContext(ctx, "tcp", h.DialAddress())
 	if err == nil && c.tls != nil {

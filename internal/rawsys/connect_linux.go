@@ -17,6 +17,8 @@ import (
 // wait in the poller and its SO_ERROR check. When the handshake is still under way (a remote
 // host) the dialer's call reports EALREADY and it waits as it always does. An error the first
 // call reports at once (no route, a refused loopback port) fails the dial with Go's own wording.
+// Not for a dialer with a LocalAddr: Control runs before the dialer binds it, and the connect
+// would bind an ephemeral address first (the dialer's bind would then fail).
 func StartConnect(network, address string, c syscall.RawConn) error {
 	ap, err := netip.ParseAddrPort(address)
 	if err != nil || ap.Addr().Zone() != "" {
