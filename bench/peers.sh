@@ -175,6 +175,16 @@ rotate() { # shift the list by $1
   local n=$1; shift; local a=("$@") k=${#a[@]} i
   for ((i = 0; i < k; i++)); do echo "${a[(i + n) % k]}"; done
 }
+# Warm every target first, unmeasured: a freshly started HAProxy spends ~20% more CPU per HTTP/2
+# round trip than the same process after a busy minute (45 vs 33-38 us measured), so the first
+# repetition would otherwise compare cold processes with the warm ones of later cases.
+warm() { # target flags
+  # shellcheck disable=SC2086
+  "$BIN_BENCH" -url "$(url_of "$1")" $2 -warmup 0 -duration "${WARM:-3}s" >/dev/null 2>&1 || log "warm-up of $1 failed"
+}
+for t in "${TARGETS[@]}" "${PAIRS[@]}"; do warm "$t" "-workload echo -conns 1000 -size 64"; done
+for t in "${H2TARGETS[@]}"; do warm "$t" "-proto h2 -workload echo -conns 100 -size 1024"; done
+log "targets warmed"
 for ((rep = 1; rep <= REPS; rep++)); do
   for c in "${CASES[@]}"; do
     IFS='|' read -r name flags tl <<<"$c"
