@@ -153,19 +153,8 @@ func TestH2TunnelSlowUpstreamKeepsOrder(t *testing.T) {
 		}
 		sendErr <- bodyW.Close() // END_STREAM: the upstream reads its end
 	}()
-	var r inlineResult
-	select {
-	case r = <-got:
-	case <-time.After(60 * time.Second):
-		t.Fatal("the upstream did not get the whole stream in 60 s")
-	}
-	if err := <-sendErr; err != nil {
-		t.Fatalf("sending: %v", err)
-	}
 	want := int64(len(chunks[0]) + size)
-	if r.err != nil || r.n != want || r.sum != sum {
-		t.Fatalf("upstream got %d bytes (err %v), SHA-256 match %v; sent %d", r.n, r.err, r.sum == sum, want)
-	}
+	checkInlineStream(t, "the upstream", got, sendErr, want, sum)
 	// The upstream closed: the client sees its end of the stream.
 	if _, err := io.Copy(io.Discard, resp.Body); err != nil {
 		t.Fatalf("client after the upstream closed: %v", err)
@@ -204,24 +193,31 @@ func TestTwoHopSlowClientKeepsOrder(t *testing.T) {
 	defer c.Close()
 	got := make(chan inlineResult, 1)
 	go func() { got <- inlineSlowRead(c) }()
-	var r inlineResult
-	select {
-	case r = <-got:
-	case <-time.After(60 * time.Second):
-		t.Fatal("the client did not get the whole stream in 60 s")
-	}
-	if err := <-sendErr; err != nil {
-		t.Fatalf("the app sending: %v", err)
-	}
 	want := int64(len(chunks[0]) + size)
-	if r.err != nil || r.n != want || r.sum != sum {
-		t.Fatalf("client got %d bytes (err %v), SHA-256 match %v; the app sent %d", r.n, r.err, r.sum == sum, want)
-	}
+	checkInlineStream(t, "the client", got, sendErr, want, sum)
 	c.CloseWrite()
 	h2End(t, h2Hop{front, "a"}, h2Hop{sidecar, "b"})
 	for _, h := range []h2Hop{{front, "a"}, {sidecar, "b"}} {
 		if n := h.p.Stat("http." + h.prefix + ".upgrades.websocket.bytes_to_downstream"); n != want {
 			t.Errorf("%s: upgrades.websocket.bytes_to_downstream = %d, want %d", h.prefix, n, want)
 		}
+	}
+}
+
+// checkInlineStream waits for the receiving end's result and the sender's, and fails the test
+// unless who got exactly want bytes with the SHA-256 sent.
+func checkInlineStream(t *testing.T, who string, got <-chan inlineResult, sendErr <-chan error, want int64, sum [32]byte) {
+	t.Helper()
+	var r inlineResult
+	select {
+	case r = <-got:
+	case <-time.After(60 * time.Second):
+		t.Fatalf("%s did not get the whole stream in 60 s", who)
+	}
+	if err := <-sendErr; err != nil {
+		t.Fatalf("sending to %s: %v", who, err)
+	}
+	if r.err != nil || r.n != want || r.sum != sum {
+		t.Fatalf("%s got %d bytes (err %v), SHA-256 match %v; sent %d", who, r.n, r.err, r.sum == sum, want)
 	}
 }
