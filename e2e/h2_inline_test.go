@@ -51,19 +51,26 @@ func inlineUpstream(t *testing.T, serve func(e *loadEnd)) (port int) {
 		if err != nil {
 			return
 		}
-		key := ""
-		for _, line := range strings.Split(head, "\r\n") {
-			if k, v, ok := strings.Cut(line, ":"); ok && strings.EqualFold(k, "sec-websocket-key") {
-				key = strings.TrimSpace(v)
-			}
-		}
-		sum := sha1.Sum([]byte(key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
-		if _, err := io.WriteString(c, upgSwitching("websocket", "Sec-WebSocket-Accept: "+base64.StdEncoding.EncodeToString(sum[:]))); err != nil {
+		if _, err := io.WriteString(c, wsSwitching(head)); err != nil {
 			return
 		}
 		serve(e)
 	}()
 	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// wsSwitching is an upstream's 101 to the WebSocket request whose head is given, with the
+// Sec-WebSocket-Accept its key calls for (RFC 6455 §4.2.2), as a proxy that made the key up for
+// an HTTP/2 client's extended CONNECT checks.
+func wsSwitching(head string) string {
+	key := ""
+	for _, line := range strings.Split(head, "\r\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok && strings.EqualFold(k, "sec-websocket-key") {
+			key = strings.TrimSpace(v)
+		}
+	}
+	sum := sha1.Sum([]byte(key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
+	return upgSwitching("websocket", "Sec-WebSocket-Accept: "+base64.StdEncoding.EncodeToString(sum[:]))
 }
 
 // inlineSlowRead reads r to its end slowly: nothing for 300 ms (the sender fills the socket),

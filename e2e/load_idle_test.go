@@ -109,6 +109,84 @@ func TestLoadIdleTunnels(t *testing.T) {
 	}
 }
 
+// TestLoadIdleH2Tunnels holds idle WebSockets over HTTP/2 (RFC 8441; 1000, or
+// SWITCHYARD_IDLE_H2_TUNNELS), each on a connection of its own as a browser's first WebSocket to a
+// host would be, and measures what each costs the proxy: a constant number of goroutines, and
+// memory with no per-connection read or write buffer held while idle (before the connection let
+// them go between reads and writes they were 32 KiB of the 50-57 per tunnel). Closing them brings
+// everything back.
+func TestLoadIdleH2Tunnels(t *testing.T) {
+	loadSkipShort(t)
+	n := loadEnv(t, "SWITCHYARD_IDLE_H2_TUNNELS", 1000)
+	var mu sync.Mutex
+	var ups []*loadEnd
+	up := newLoadUpstream(t, "websocket", func(_ string, e *loadEnd) {
+		mu.Lock()
+		ups = append(ups, e)
+		mu.Unlock()
+	})
+	hcm := "codec_type: AUTO\nhttp2_protocol_options: {allow_connect: true}\n" + upgHCMws
+	p := harness.StartNoRace(t, harness.Config{UpstreamPort: up.port(), HCM: hcm, Cluster: loadCluster}.YAML(), "-l", "info")
+	clients := make([]*h2Conn, n)
+	closeAll := func() {
+		for _, c := range clients {
+			if c != nil {
+				c.close()
+			}
+		}
+		mu.Lock()
+		loadCloseAll(ups)
+		mu.Unlock()
+	}
+	t.Cleanup(closeAll)
+	open := func(from, to int) {
+		t.Helper()
+		for i := from; i < to; i++ {
+			c := dialH2(t, p.Addr(""))
+			clients[i] = c
+			if h := c.waitHead(c.connect("websocket", "/idle")); h[":status"] != "200" {
+				t.Fatalf("tunnel %d: :status %q, want 200", i, h[":status"])
+			}
+		}
+		up.wait(t, to)
+		p.WaitStat(upgActiveStat, int64(to), loadWait)
+	}
+
+	g0, rss0 := p.Goroutines(), p.RSS()
+	open(0, n/2)
+	g1 := p.Goroutines()
+	open(n/2, n)
+	time.Sleep(500 * time.Millisecond) // let the handshakes' garbage be collected
+	g2, rss2 := p.Goroutines(), p.RSS()
+	perTunnel := float64(g2-g0) / float64(n)
+	kb := float64(rss2-rss0) / 1024 / float64(n)
+	t.Logf("%d idle HTTP/2 tunnels: %.2f goroutines and %.1f KiB of RSS each (goroutines %d → %d → %d)",
+		n, perTunnel, kb, g0, g1, g2)
+	if first, second := g1-g0, g2-g1; first-second > 8 || second-first > 8 {
+		t.Errorf("goroutines grew by %d for the first %d tunnels and by %d for the next %d: not a constant per tunnel",
+			first, n/2, second, n-n/2)
+	}
+	// Today: the connection's reader and writer, the stream's handler and the router's reader of
+	// the upstream.
+	if perTunnel > 4.1 {
+		t.Errorf("%.2f goroutines per idle HTTP/2 tunnel, want at most 4", perTunnel)
+	}
+	// 38-42 KiB measured (goroutine stacks are over half of it); 50-57 with the buffers held.
+	if kb >= 48 {
+		t.Errorf("%.1f KiB of RSS per idle HTTP/2 tunnel, want under 48", kb)
+	}
+	closeAll()
+	p.WaitStat(upgActiveStat, 0, loadWait)
+	p.WaitStat("http.ingress.downstream_cx_active", 0, loadWait)
+	deadline := time.Now().Add(loadWait)
+	for p.Goroutines() > g0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("goroutines %d after every tunnel closed, %d before any opened", p.Goroutines(), g0)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // TestLoadSlowReaders: 1000 tunnels (or SWITCHYARD_SLOW_TUNNELS) whose upstream writes 1 MiB
 // (or SWITCHYARD_SLOW_MIB) as fast as it can while the client reads nothing for 2 s. The bytes
 // pile up in socket buffers, never in the proxy: its memory grows by less than the per-connection

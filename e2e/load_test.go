@@ -137,7 +137,11 @@ func newLoadUpstream(t *testing.T, upgrade string, onTunnel func(path string, e 
 					c.Close()
 					continue
 				}
-				if _, err := io.WriteString(c, upgSwitching(upgrade)); err != nil {
+				reply := upgSwitching(upgrade)
+				if upgrade == "websocket" {
+					reply = wsSwitching(head)
+				}
+				if _, err := io.WriteString(c, reply); err != nil {
 					c.Close()
 					continue
 				}

@@ -116,7 +116,9 @@ func (m *Manager) serveH2(ctx context.Context, nc net.Conn, c *conn, scheme stri
 	s.CxHTTP2Active.Inc()
 	defer s.CxHTTP2Active.Dec()
 	remote := nc.RemoteAddr().String()
-	sc := http2.NewServerConn(c.nc, c.br, m.h2cfg, func(st *http2.ServerStream) {
+	br := c.br
+	c.br = nil // the HTTP/2 connection owns it now
+	sc := http2.NewServerConn(c.nc, br, m.h2cfg, func(st *http2.ServerStream) {
 		s.RqHTTP2Total.Inc()
 		d := newH2Stream(st, remote, scheme)
 		str := newStream(st.Context(), m, d, st.Headers())

@@ -45,6 +45,7 @@ var partialBufs = sync.Pool{New: func() any { b := make([]byte, partialBufSize);
 // the connection's reader goroutine.
 type FrameSource struct {
 	br   *bufio.Reader
+	put  func(*bufio.Reader) // where Serve gives br back; nil: it keeps br
 	raw  bool
 	buf  *[]byte
 	r, w int // unparsed bytes are (*buf)[r:w]
@@ -57,8 +58,16 @@ func NewFrameSource(br *bufio.Reader) *FrameSource { return &FrameSource{br: br}
 // Reader is the bufio.Reader the source reads from outside Serve.
 func (s *FrameSource) Reader() *bufio.Reader { return s.br }
 
+// ReleaseReader has Serve give the bufio.Reader to put once it has taken the bytes buffered in
+// it: from then on the source reads the socket only, and an idle connection holds no buffer of
+// its own. Reads after Serve then find the end of the stream.
+func (s *FrameSource) ReleaseReader(put func(*bufio.Reader)) { s.put = put }
+
 func (s *FrameSource) Read(p []byte) (int, error) {
 	if !s.raw {
+		if s.br == nil {
+			return 0, io.EOF
+		}
 		return s.br.Read(p)
 	}
 	if s.r == s.w {
@@ -215,13 +224,18 @@ func RawSocket(nc net.Conn) (syscall.RawConn, ReadCounter) {
 // Serve reads the socket and calls next for each frame that can be processed whole (next reads it
 // through the source), until next fails, the socket ends, or stop is set; it returns why.
 // blockLimit bounds how much header block it waits for (see complete). What is buffered in the
-// source's bufio.Reader is read first; afterwards it reads from that Reader again.
+// source's bufio.Reader is read first; afterwards it reads from that Reader again, unless it was
+// released (ReleaseReader).
 func (s *FrameSource) Serve(rc syscall.RawConn, counter ReadCounter, blockLimit int, stop *atomic.Bool, next func() error) error {
 	if n := s.br.Buffered(); n > 0 {
 		s.space()
 		p, _ := s.br.Peek(n)
 		s.w = copy(*s.buf, p)
 		s.br.Discard(n)
+	}
+	if s.put != nil {
+		s.put(s.br)
+		s.br = nil
 	}
 	s.raw = true
 	defer func() {
@@ -293,6 +307,7 @@ func (c *ServerConn) serveRaw(rc syscall.RawConn, counter ReadCounter) error {
 	}
 	c.raw = true
 	c.mu.Unlock()
+	c.br = nil                                                // the source gives it back to the pool (ReleaseReader)
 	blockLimit := max(2*int(c.cfg.MaxHeaderListSize), 32<<10) // as readBlock
 	err := c.src.Serve(rc, counter, blockLimit, &c.rawStop, func() error {
 		f, err := c.readFrame()

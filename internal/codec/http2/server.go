@@ -17,6 +17,7 @@ import (
 	h2 "golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 
+	"github.com/switchyard-proxy/switchyard/buffer"
 	"github.com/switchyard-proxy/switchyard/headers"
 	"github.com/switchyard-proxy/switchyard/internal/rawsys"
 )
@@ -164,7 +165,7 @@ func connErr(code h2.ErrCode, format string, args ...any) error {
 type ServerConn struct {
 	nc     net.Conn
 	br     *bufio.Reader
-	bw     *bufio.Writer
+	bw     *PooledWriter
 	cfg    ServerConfig
 	stats  *Stats
 	handle func(*ServerStream)
@@ -237,8 +238,9 @@ type headerBlock struct {
 }
 
 // NewServerConn wraps an accepted connection. br, when not nil, is the reader the listener
-// sniffed the client preface with (its buffered bytes are read first). handle runs on its own
-// goroutine for every request stream.
+// sniffed the client preface with (its buffered bytes are read first); the connection owns it
+// from then on, and gives it back to the buffer pool once it reads the socket directly. handle
+// runs on its own goroutine for every request stream.
 func NewServerConn(nc net.Conn, br *bufio.Reader, cfg ServerConfig, handle func(*ServerStream)) *ServerConn {
 	cfg = cfg.withDefaults()
 	if br == nil {
@@ -262,11 +264,12 @@ func NewServerConn(nc net.Conn, br *bufio.Reader, cfg ServerConfig, handle func(
 	c.wcond.L = &c.mu
 	sock := rawsys.NewConnWriter(nc)
 	deadline := &WriteDeadline{Timeout: cfg.WriteTimeout}
-	c.bw = bufio.NewWriterSize(deadlineWriter{nc: nc, sock: sock, deadline: deadline}, 16<<10)
+	c.bw = NewPooledWriter(deadlineWriter{nc: nc, sock: sock, deadline: deadline})
 	if tc := plainTCP(nc); tc != nil && sock != nil {
 		c.vec.w, c.vec.sock, c.vec.deadline = tc, sock, deadline
 	}
 	c.src = NewFrameSource(br)
+	c.src.ReleaseReader(buffer.PutReader)
 	c.fr = h2.NewFramer(c.bw, c.src)
 	c.fr.SetMaxReadFrameSize(maxReadFrame)
 	c.fr.SetReuseFrames()
@@ -305,7 +308,11 @@ func (c *ServerConn) Serve(ctx context.Context) error {
 		// Keep reading (and dropping) until the peer closes or closeGrace passes, so the GOAWAY
 		// is read rather than lost to a reset of unread data.
 		_ = c.nc.SetReadDeadline(time.Now().Add(closeGrace))
-		_, _ = io.Copy(io.Discard, c.br)
+		var rest io.Reader = c.nc
+		if c.br != nil {
+			rest = c.br // not released: it may hold bytes
+		}
+		_, _ = io.Copy(io.Discard, rest)
 	}
 	c.mu.Lock()
 	orderly := c.closing && c.err == nil
