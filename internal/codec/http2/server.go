@@ -188,8 +188,8 @@ type ServerConn struct {
 	writerDone chan struct{}
 
 	mu             sync.Mutex
-	wcond          sync.Cond // the writer waits here for queue items
 	queue          []outFrame
+	batch          []outFrame               // the queue's other half, kept between writer runs
 	queued         int                      // frames queued or being written: MaxOutboundFrames
 	queuedControl  int                      // of which control frames: MaxOutboundControlFrames
 	streams        map[uint32]*ServerStream // not yet closed on the wire
@@ -221,7 +221,9 @@ type ServerConn struct {
 	writing          bool // the writer goroutine or a stream's direct write has the socket
 	vec              vectored
 	raw              bool // the reader reads the socket itself (serveRaw): close it asynchronously
-	writerClosed     bool
+	writerClosed     bool // the writer has ended for good (writerExit)
+	writerOn         bool // a writer goroutine is running (kickWriterLocked)
+	serving          bool // Serve has started: the writer may run
 	closed           bool // the socket is closed
 	err              error
 
@@ -261,7 +263,6 @@ func NewServerConn(nc net.Conn, br *bufio.Reader, cfg ServerConfig, handle func(
 		peerMaxFrame: 16384,
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
-	c.wcond.L = &c.mu
 	sock := rawsys.NewConnWriter(nc)
 	deadline := &WriteDeadline{Timeout: cfg.WriteTimeout}
 	c.bw = NewPooledWriter(deadlineWriter{nc: nc, sock: sock, deadline: deadline})
@@ -296,8 +297,9 @@ func (c *ServerConn) Serve(ctx context.Context) error {
 	if !c.closed {
 		c.ka = StartKeepalive(ka, c.sendKeepalive, c.keepaliveTimeout)
 	}
+	c.serving = true
+	c.kickWriterLocked() // our SETTINGS are queued
 	c.mu.Unlock()
-	go c.writeLoop()
 
 	err := c.serve()
 	var ce *connError
@@ -1149,7 +1151,7 @@ func (c *ServerConn) abortLocked(err error) {
 		c.closeStreamLocked(s, &StreamError{Code: h2.ErrCodeCancel, Conn: true})
 		s.cond.Broadcast()
 	}
-	c.wcond.Broadcast()
+	c.kickWriterLocked() // a writer that runs now sees closed and ends for good
 }
 
 // sendKeepalive queues a keepalive PING; it runs on the Keepalive's timer goroutine.

@@ -70,24 +70,43 @@ func (c *ServerConn) enqueueLocked(f outFrame) bool {
 	}
 	c.queued++
 	c.queue = append(c.queue, f)
-	c.wcond.Signal()
+	c.kickWriterLocked()
 	return true
 }
 
-// writeLoop is the connection's writer goroutine. Whoever writes — this loop, or a stream
-// writing its own DATA while the queue is empty (writeDataDirectLocked) — holds c.writing, which
-// gives it the Framer's write side, the HPACK encoder and the buffered socket writer. The loop
-// takes the whole queue at a time, writes it, and flushes when nothing more is waiting. Frames stay
-// counted against the outbound limits until written.
+// kickWriterLocked starts the writer goroutine if there is something for it and none is running:
+// frames queued and no one writing, or the connection closed (the writer's exit wakes whoever
+// waits for it). The writer ends when the queue is empty, so an idle connection keeps no writer
+// goroutine (and its stack: a fifth of what an idle WebSocket over HTTP/2 cost).
+func (c *ServerConn) kickWriterLocked() {
+	if c.writerOn || c.writerClosed || !c.serving {
+		return
+	}
+	if c.closed || len(c.queue) > 0 && !c.writing {
+		c.writerOn = true
+		go c.writeLoop()
+	}
+}
+
+// writeLoop is the connection's writer goroutine, started by kickWriterLocked. Whoever writes —
+// this loop, or a stream writing its own DATA while the queue is empty (writeDataDirectLocked) —
+// holds c.writing, which gives it the Framer's write side, the HPACK encoder and the buffered
+// socket writer. The loop takes the whole queue at a time, writes it, and flushes when nothing
+// more is waiting; it ends when the queue is empty or someone else is writing (who starts it
+// again if frames are queued by the time it is done). Frames stay counted against the outbound
+// limits until written.
 func (c *ServerConn) writeLoop() {
-	var batch []outFrame
-	defer c.writerExit(&batch)
+	batch := c.batch
 	for {
 		c.mu.Lock()
-		for (len(c.queue) == 0 || c.writing) && !c.closed {
-			c.wcond.Wait()
-		}
 		if c.closed {
+			c.mu.Unlock()
+			c.writerExit(&batch)
+			return
+		}
+		if len(c.queue) == 0 || c.writing {
+			c.writerOn = false
+			c.batch = batch
 			c.mu.Unlock()
 			return
 		}
@@ -120,6 +139,7 @@ func (c *ServerConn) writeLoop() {
 		if err != nil {
 			c.abortLocked(err)
 			c.mu.Unlock()
+			c.writerExit(&batch)
 			return
 		}
 		c.mu.Unlock()
@@ -127,6 +147,7 @@ func (c *ServerConn) writeLoop() {
 			if cw, ok := c.nc.(interface{ CloseWrite() error }); ok {
 				_ = cw.CloseWrite()
 			}
+			c.writerExit(&batch)
 			return
 		}
 		clear(batch)
@@ -163,9 +184,7 @@ func (c *ServerConn) writeDataDirectLocked(s *ServerStream, p []byte, end bool) 
 		c.abortLocked(err)
 		return err
 	}
-	if len(c.queue) > 0 {
-		c.wcond.Signal()
-	}
+	c.kickWriterLocked() // for frames queued meanwhile
 	return nil
 }
 
