@@ -289,3 +289,51 @@ func TestH2ResetTearsDownOnlyItsTunnel(t *testing.T) {
 		t.Errorf("downstream_cx_http2_total = %d, want 1", v)
 	}
 }
+
+// TestH2ClientBytesBeforeThe101: an HTTP/2 client may send tunnel payload, and even END_STREAM,
+// right after its extended CONNECT. The app sees none of it before its 101 (it is held until
+// then, as for an HTTP/1.1 client), then all of it in order and the FIN; the app's bytes still
+// reach the client. A client that resets while the app has not answered closes the app's
+// connection, and nothing of it reaches the app.
+func TestH2ClientBytesBeforeThe101(t *testing.T) {
+	t.Parallel()
+	app := harness.NewRawUpstream(t)
+	p := harness.Start(t, seedYAML("a", h2ListenerConnect, app.Port(), false, "[{upgrade_type: foo}]"))
+	c := dialH2(t, p.Addr(""))
+	defer c.close()
+
+	id := c.connect("foo", "/")
+	c.send(id, "one,", false)
+	c.send(id, "two,", false)
+	c.send(id, "three", true)
+	u := app.Accept(5 * time.Second)
+	head := u.WaitForHead(5 * time.Second)
+	time.Sleep(200 * time.Millisecond)
+	if got := u.Received(); got != head {
+		t.Fatalf("app got %q after the head before answering, want nothing", strings.TrimPrefix(got, head))
+	}
+	u.Write(upgSwitching("foo"))
+	if h := c.waitHead(id); h[":status"] != "200" {
+		t.Fatalf("client got %v, want :status 200", h)
+	}
+	if got := strings.TrimPrefix(u.WaitForEOF(5*time.Second), head); got != "one,two,three" {
+		t.Fatalf("app got %q after the head, want %q then the FIN", got, "one,two,three")
+	}
+	u.Write("reply")
+	u.Close()
+	c.waitEnd(id)
+	if got := c.data(id); got != "reply" {
+		t.Errorf("client received %q, want %q", got, "reply")
+	}
+
+	// A reset before the 101: the app's connection closes, with nothing after the head.
+	id = c.connect("foo", "/")
+	c.send(id, "lost", false)
+	u = app.Accept(5 * time.Second)
+	head = u.WaitForHead(5 * time.Second)
+	c.reset(id, http2.ErrCodeCancel)
+	if got := strings.TrimPrefix(u.WaitForEOF(5*time.Second), head); got != "" {
+		t.Errorf("app got %q from a stream reset before its 101, want nothing", got)
+	}
+	h2End(t, h2Hop{p, "a"})
+}

@@ -20,6 +20,7 @@ import (
 	"github.com/switchyard-proxy/switchyard/internal/memacct"
 	"github.com/switchyard-proxy/switchyard/internal/router"
 	"github.com/switchyard-proxy/switchyard/internal/tunnel"
+	"github.com/switchyard-proxy/switchyard/internal/workers"
 )
 
 // stream is one request/response exchange, or one upgrade and its tunnel.
@@ -76,6 +77,16 @@ type stream struct {
 	pumpGone  bool     // the decode pump has stopped: too late to hand off
 	detached  bool     // the engine carries the tunnel; set by the decode goroutine
 	engine    atomic.Pointer[tunnel.Tunnel]
+
+	// The on-demand decode pump of an HTTP/2 tunnel (see pumpOnDemand).
+	pumpMu       sync.Mutex
+	pumpCond     sync.Cond // L is &pumpMu; signalled when the on-demand pump stops
+	pumpOn       bool      // client bytes are pumped on demand
+	pumpRunning  bool      // an on-demand pump goroutine runs
+	pumpPending  bool      // the read hook fired since the pump last looked
+	pumpFinished bool      // the client's side ended (or failed) through the on-demand pump
+	pumpEligible bool      // owned by the stream's goroutine: the pump may go on demand
+	pumpStarted  bool      // owned by the stream's goroutine: it went on demand (PumpOnDemand)
 
 	// For the hand-off, which re-arms the timers on the record that outlives the stream.
 	idleTimeout time.Duration // 0: none
@@ -179,8 +190,12 @@ func (s *stream) run() bool {
 	if end {
 		s.decodeDone.Store(true)
 	}
-	s.dec.pushHeaders(h, end)
-	if !end && !s.aborted() {
+	s.pumpEligible = !end && s.canPumpOnDemand()
+	s.dec.pushHeaders(h, end) // the router may call PumpOnDemand, and run the tunnel, in here
+	if s.pumpStarted {
+		s.stopPumpOnDemand()
+	}
+	if !end && !s.aborted() && !s.pumpFinished {
 		if isUpgrade && s.upgrade == "" {
 			// Not accepted and no route: the bytes after the head are not ours to parse.
 			s.connClose.Store(true)
@@ -299,6 +314,11 @@ func (s *stream) aborted() bool { return s.localReply.Load() || s.wasReset.Load(
 // pumpEnded is the end of the decode pump's reads: the client's end of the request (or of its
 // side of the tunnel), a request body the codec could not parse, or a broken connection.
 func (s *stream) pumpEnded(err error, tunnelMode bool) {
+	s.pumpEndedVia(err, tunnelMode, s.dec.pushData)
+}
+
+// pumpEndedVia is pumpEnded with the end of the request pushed through push.
+func (s *stream) pumpEndedVia(err error, tunnelMode bool, push func(b *buffer.Buffer, end bool)) {
 	var bad *badRequestError
 	switch {
 	case err == io.EOF:
@@ -306,7 +326,7 @@ func (s *stream) pumpEnded(err error, tunnelMode bool) {
 		if tunnelMode {
 			s.upEnded.Store(true)
 		}
-		s.dec.pushData(&buffer.Buffer{}, true)
+		push(&buffer.Buffer{}, true)
 		if tunnelMode {
 			s.maybeTunnelDone()
 		}
@@ -367,6 +387,112 @@ func (s *stream) pumpRequest() {
 		b.SetBytes((*slab)[:n])
 		s.dec.pushData(&b, false)
 		buffer.PutSlab(slab)
+	}
+}
+
+// The on-demand pump. An accepted upgrade from an HTTP/2 client whose chain is the router alone
+// needs no goroutine waiting for the client's bytes: the connection's reader passes them to the
+// upstream itself (InlineTunnel), and what it cannot pass at once (the upstream's socket is full,
+// the 101 has not come yet), the client's END_STREAM and a reset are taken by a pump goroutine
+// started by the stream's read hook, which runs while there is something to read and ends. The
+// stream's own goroutine is then free to run the router's exchange with the upstream and the
+// tunnel's upstream side (PumpsOnDemand), instead of the router starting a goroutine for them: an
+// idle tunnel holds one goroutine fewer, and a handshake makes one goroutine hand-off fewer. When
+// the router returns, the stream's goroutine takes the pump back. The router asks for it only once
+// it is ready for DecodeData: bytes passed before that would be dropped.
+
+// canPumpOnDemand reports whether the stream could have the on-demand pump.
+func (s *stream) canPumpOnDemand() bool {
+	if _, ok := s.down.(*h2Stream); !ok || s.upgrade == "" || len(s.filters) != 1 {
+		return false
+	}
+	_, ok := s.filters[0].(filter.DecoderFilter)
+	return ok
+}
+
+// PumpOnDemand is the router, ready for the client's bytes, asking the stream to pass them on
+// demand (see router.TunnelPumper); it runs on the stream's goroutine, inside DecodeHeaders.
+// Client bytes that came before it wait in the codec, in order.
+func (s *stream) PumpOnDemand() bool {
+	if !s.pumpEligible || s.pumpStarted {
+		return false
+	}
+	s.pumpStarted = true
+	s.pumpCond.L = &s.pumpMu
+	s.pumpMu.Lock()
+	s.pumpOn = true
+	s.pumpMu.Unlock()
+	s.down.(*h2Stream).st.SetReadHook(s.kickPump)
+	s.kickPump() // bytes may have come already
+	return true
+}
+
+// stopPumpOnDemand hands the pump back to the stream's goroutine: it waits for a running
+// on-demand pump to stop.
+func (s *stream) stopPumpOnDemand() {
+	s.down.(*h2Stream).st.SetReadHook(nil)
+	s.pumpMu.Lock()
+	s.pumpOn = false
+	for s.pumpRunning {
+		s.pumpCond.Wait()
+	}
+	s.pumpMu.Unlock()
+}
+
+// kickPump is the read hook: it starts the on-demand pump unless one runs (which then looks
+// again). It runs under the HTTP/2 connection's lock, so it only flags and starts.
+func (s *stream) kickPump() {
+	s.pumpMu.Lock()
+	s.pumpPending = true
+	start := s.pumpOn && !s.pumpRunning && !s.pumpFinished
+	if start {
+		s.pumpRunning = true
+	}
+	s.pumpMu.Unlock()
+	if start {
+		workers.Go(s.pumpReady)
+	}
+}
+
+// pumpReady passes the client's bytes to the router while a read would return at once, then
+// stops; it runs again when the read hook next fires.
+func (s *stream) pumpReady() {
+	d := s.down.(*h2Stream)
+	router := s.filters[0].(filter.DecoderFilter)
+	push := func(b *buffer.Buffer, end bool) {
+		if !s.aborted() {
+			router.DecodeData(b, end)
+		}
+	}
+	var b buffer.Buffer
+	for {
+		s.pumpMu.Lock()
+		s.pumpPending = false
+		s.pumpMu.Unlock()
+		for !s.aborted() && d.st.TryWaitReadable() {
+			slab, n, err := s.down.read(true)
+			if err != nil {
+				s.pumpMu.Lock()
+				s.pumpFinished = true
+				s.pumpMu.Unlock()
+				s.pumpEndedVia(err, true, push)
+				break
+			}
+			s.touch()
+			s.upStats.BytesUp.Add(uint64(n))
+			b.SetBytes((*slab)[:n])
+			push(&b, false)
+			buffer.PutSlab(slab)
+		}
+		s.pumpMu.Lock()
+		if s.pumpPending && s.pumpOn && !s.pumpFinished && !s.aborted() {
+			s.pumpMu.Unlock()
+			continue
+		}
+		s.pumpRunning = false
+		s.pumpCond.Broadcast()
+		s.pumpMu.Unlock()
+		return
 	}
 }
 

@@ -57,6 +57,16 @@ type InlineTaker interface {
 	InlineTunnel(write func(p []byte) int) bool
 }
 
+// TunnelPumper is implemented by a stream that can pass an accepted upgrade's client bytes to the
+// router without its own goroutine waiting for them (an HTTP/2 stream whose chain is the router
+// alone: its connection's reader writes them inline, and a goroutine started on demand takes what
+// that cannot). DecodeHeaders calls PumpOnDemand once it is ready for DecodeData; when it returns
+// true the stream has started doing so, and DecodeHeaders runs the exchange with the upstream and
+// the tunnel on the calling goroutine, returning when the tunnel ends, instead of starting one.
+type TunnelPumper interface {
+	PumpOnDemand() bool
+}
+
 // TunnelEncoder is implemented by a stream whose client can be written to by the goroutine that
 // reads an HTTP/2 upstream's frames (the upstream connection's reader), skipping the router's pump
 // and its copy. The function it returns never blocks: it writes what the client's socket takes at
@@ -257,6 +267,10 @@ func (r *routerFilter) DecodeHeaders(h *headers.Map, end bool) filter.Status {
 	}
 	r.mu.Unlock()
 	r.wg.Add(1)
+	if p, ok := r.info.(TunnelPumper); ok && r.upgrade != "" && p.PumpOnDemand() {
+		r.run() // the stream's goroutine has nothing else to do until the tunnel ends
+		return filter.StopIteration
+	}
 	workers.Go(r.run)
 	return filter.StopIteration
 }

@@ -692,7 +692,7 @@ func (c *ServerConn) onData(f *h2.DataFrame) error {
 		}
 		if len(data) > 0 {
 			s.buf.write(data)
-			s.cond.Broadcast()
+			s.readableLocked()
 		}
 	}
 	if f.StreamEnded() {
@@ -725,7 +725,7 @@ func (c *ServerConn) endRemoteLocked(s *ServerStream) error {
 		return c.malformedLocked(s.id, s, malformed("content-length %d but %d bytes of DATA", s.cl, s.got))
 	}
 	s.remoteClosed = true
-	s.cond.Broadcast()
+	s.readableLocked()
 	if s.localClosed {
 		c.closeStreamLocked(s, nil)
 	}
@@ -1010,7 +1010,7 @@ func (c *ServerConn) closeStreamLocked(s *ServerStream, err error) {
 		c.creditConnLocked(int64(s.buf.reset()))
 	}
 	s.cancel()
-	s.cond.Broadcast()
+	s.readableLocked()
 	c.maybeDoneLocked(s)
 }
 

@@ -73,6 +73,7 @@ type ServerStream struct {
 	dataQueued   bool               // a WriteData chunk waits in the writer's queue
 	dataWritten  bool               // the writer wrote the last chunk
 	sink         func(p []byte) int // see SetDataSink; nil: every DATA byte goes through Read
+	readHook     func()             // see SetReadHook
 	consuming    bool               // the handler has bytes from Read it has not finished with
 }
 
@@ -142,6 +143,36 @@ func (s *ServerStream) SetDataSink(sink func(p []byte) int) {
 	s.c.mu.Lock()
 	defer s.c.mu.Unlock()
 	s.sink = sink
+}
+
+// SetReadHook has the connection's reader call hook whenever a Read would newly return at once:
+// DATA was queued for Read (the sink, if any, did not take it), END_STREAM came, or the stream
+// failed. It lets a handler read on demand instead of parking a goroutine in Read (see
+// TryWaitReadable). hook runs with the connection's lock held: it must not block or call into the
+// stream. nil removes it.
+func (s *ServerStream) SetReadHook(hook func()) {
+	s.c.mu.Lock()
+	defer s.c.mu.Unlock()
+	s.readHook = hook
+}
+
+// TryWaitReadable is WaitReadable that does not wait: it reports whether a Read would return at
+// once. Like WaitReadable it marks the handler as done with what it read before, so the sink may
+// take DATA again.
+func (s *ServerStream) TryWaitReadable() bool {
+	c := s.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s.consuming = false
+	return s.err != nil || s.buf.n > 0 || s.remoteClosed
+}
+
+// readableLocked wakes a Read waiting for what just changed, or the read hook.
+func (s *ServerStream) readableLocked() {
+	s.cond.Broadcast()
+	if s.readHook != nil {
+		s.readHook()
+	}
 }
 
 // Buffered is how many request DATA bytes are waiting to be read, so a reader can take a larger
