@@ -155,7 +155,10 @@ CASES=(
   "bulk 64KiB|-workload bulk -conns 1 -size 65536|${TARGETS[*]} ${PAIRS[*]}"
   "handshakes c=50|-workload handshakes -conns 50|${TARGETS[*]}"
 )
-IDLECASE="idle n=$IDLE|-workload idle -conns $IDLE|${TARGETS[*]}"
+IDLECASES=(
+  "idle n=$IDLE|-workload idle -conns $IDLE|${TARGETS[*]}"
+  "h2 idle n=$IDLE|-proto h2 -workload idle -conns $IDLE|${H2TARGETS[*]}"
+)
 
 : >"$OUT"
 run_one() { # case-name flags target rep
@@ -193,14 +196,17 @@ for ((rep = 1; rep <= REPS; rep++)); do
     for t in $(rotate "$((rep - 1))" "${tlist[@]}"); do run_one "$name" "$flags" "$t" "$rep"; done
   done
 done
-# Idle last, each repetition on freshly restarted processes so freed load memory cannot hide growth.
+# Idle last, each case of each repetition on freshly restarted processes so freed load memory
+# cannot hide growth.
 for ((rep = 1; rep <= REPS; rep++)); do
-  stop echo; start echo 18080 "$BIN_BENCH" -serve 127.0.0.1:18080
-  restart_all
-  IFS='|' read -r name flags tl <<<"$IDLECASE"
-  # shellcheck disable=SC2206
-  tlist=($tl)
-  for t in $(rotate "$((rep - 1))" "${tlist[@]}"); do run_one "$name" "$flags" "$t" "$rep"; done
+  for c in "${IDLECASES[@]}"; do
+    stop echo; start echo 18080 "$BIN_BENCH" -serve 127.0.0.1:18080
+    restart_all
+    IFS='|' read -r name flags tl <<<"$c"
+    # shellcheck disable=SC2206
+    tlist=($tl)
+    for t in $(rotate "$((rep - 1))" "${tlist[@]}"); do run_one "$name" "$flags" "$t" "$rep"; done
+  done
 done
 
 log "results: $OUT"
@@ -220,7 +226,7 @@ def f(x, nd=0):
 print("| case | target | runs | median | unit | x direct | p50 us | p99 us | proxy CPU us/op | host busy | errors |")
 print("|---|---|---|---|---|---|---|---|---|---|---|")
 for c in cases:
-    idle, bulk = c.startswith("idle"), c.startswith("bulk")
+    idle, bulk = "idle n=" in c, c.startswith("bulk")
     key, unit = ("rss_per_idle_tunnel_kib", "KiB/tunnel") if idle else (("throughput_mib_s", "MiB/s") if bulk else ("ops_per_s", "upgrades/s" if c.startswith("handshakes") else "msgs/s"))
     base = med(by.get((c, "direct"), []), key)
     for t in targets:
