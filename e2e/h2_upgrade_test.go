@@ -17,6 +17,15 @@ const (
 	h2ListenerConnect = "          codec_type: AUTO\n          http2_protocol_options: {allow_connect: true}"
 )
 
+// h2FooHop starts one proxy (stat prefix "a") that takes extended CONNECT for the upgrade "foo"
+// to a raw app, and an HTTP/2 client connected to it.
+func h2FooHop(t *testing.T) (*harness.RawUpstream, *harness.Proxy, *h2Conn) {
+	t.Helper()
+	app := harness.NewRawUpstream(t)
+	p := harness.Start(t, seedYAML("a", h2ListenerConnect, app.Port(), false, "[{upgrade_type: foo}]"))
+	return app, p, dialH2(t, p.Addr(""))
+}
+
 // h2Hop is one proxy of a chain and its stat prefix, for the end-of-test checks.
 type h2Hop struct {
 	p      *harness.Proxy
@@ -182,9 +191,7 @@ func TestH2ExtendedConnect101Framing(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			app := harness.NewRawUpstream(t)
-			p := harness.Start(t, seedYAML("a", h2ListenerConnect, app.Port(), false, "[{upgrade_type: foo}]"))
-			c := dialH2(t, p.Addr(""))
+			app, p, c := h2FooHop(t)
 			defer c.close()
 			id := c.connect("foo", "/")
 			u := app.Accept(5 * time.Second)
@@ -247,9 +254,7 @@ func TestH2UpstreamWithoutConnectProtocol(t *testing.T) {
 // one. Its upstream connection is closed, while the other tunnel and the connection go on.
 func TestH2ResetTearsDownOnlyItsTunnel(t *testing.T) {
 	t.Parallel()
-	app := harness.NewRawUpstream(t)
-	p := harness.Start(t, seedYAML("a", h2ListenerConnect, app.Port(), false, "[{upgrade_type: foo}]"))
-	c := dialH2(t, p.Addr(""))
+	app, p, c := h2FooHop(t)
 	defer c.close()
 
 	open := func() (uint32, *harness.RawConn) {
@@ -297,9 +302,7 @@ func TestH2ResetTearsDownOnlyItsTunnel(t *testing.T) {
 // connection, and nothing of it reaches the app.
 func TestH2ClientBytesBeforeThe101(t *testing.T) {
 	t.Parallel()
-	app := harness.NewRawUpstream(t)
-	p := harness.Start(t, seedYAML("a", h2ListenerConnect, app.Port(), false, "[{upgrade_type: foo}]"))
-	c := dialH2(t, p.Addr(""))
+	app, p, c := h2FooHop(t)
 	defer c.close()
 
 	id := c.connect("foo", "/")
