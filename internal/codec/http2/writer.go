@@ -8,6 +8,7 @@ import (
 
 	"github.com/switchyard-proxy/switchyard/headers"
 	"github.com/switchyard-proxy/switchyard/internal/rawsys"
+	"github.com/switchyard-proxy/switchyard/internal/workers"
 )
 
 // outKind is what an outFrame asks the writer to do.
@@ -84,7 +85,7 @@ func (c *ServerConn) kickWriterLocked() {
 	}
 	if c.closed || len(c.queue) > 0 && !c.writing {
 		c.writerOn = true
-		go c.writeLoop()
+		workers.Go(c.writeLoop) // a kept goroutine: a response's HEADERS may start one each time
 	}
 }
 
