@@ -169,6 +169,14 @@ type routerFilter struct {
 	// handedOff: the tunnel engine carries the tunnel (see handOff); the router only ends it.
 	handedOff atomic.Bool
 
+	// The on-demand pump of an HTTP/2 upstream's bytes (see pumpUpstreamOnDemand).
+	upPumped    atomic.Bool // the pump carries the upstream side: the request ends in OnDestroy
+	upPump      *h2Upstream // set before the pump first runs
+	pumpMu      sync.Mutex
+	pumpRunning bool // a pump goroutine runs
+	pumpPending bool // the read hook fired since the pump last looked
+	pumpEnded   bool // the pump saw the upstream side end
+
 	// Tunnel shutdown at the drain deadline; guarded by the attempt's wmu once the tunnel is open.
 	wsUp      tunnel.FrameTracker // WebSocket frames written upstream
 	goAway    atomic.Bool         // close at the next frame boundary
@@ -449,7 +457,7 @@ func (r *routerFilter) OnDestroy() {
 		stop()
 	}
 	r.wg.Wait()
-	if r.handedOff.Load() {
+	if r.handedOff.Load() || r.upPumped.Load() {
 		r.cl.EndRequest() // the tunnel's request lasted until now, not until run returned
 	}
 	r.mu.Lock()

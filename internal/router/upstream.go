@@ -15,6 +15,7 @@ import (
 	"github.com/switchyard-proxy/switchyard/internal/codec/http2/client"
 	"github.com/switchyard-proxy/switchyard/internal/config"
 	"github.com/switchyard-proxy/switchyard/internal/rawsys"
+	"github.com/switchyard-proxy/switchyard/internal/workers"
 )
 
 // failure kinds a retry policy can name.
@@ -39,7 +40,7 @@ func (r *routerFilter) run() {
 		return
 	}
 	defer func() {
-		if !r.handedOff.Load() {
+		if !r.handedOff.Load() && !r.upPumped.Load() {
 			r.cl.EndRequest()
 		}
 	}()
@@ -457,6 +458,8 @@ func (r *routerFilter) tunnel(att *attempt, resp *upResponse) {
 		if enc, ok := r.info.(TunnelEncoder); ok {
 			if write := enc.TunnelEncoder(); write != nil {
 				u.st.SetDataSink(write)
+				r.pumpUpstreamOnDemand(u)
+				return
 			}
 		}
 	}
@@ -493,6 +496,80 @@ func (r *routerFilter) tunnel(att *attempt, resp *upResponse) {
 		b.SetBytes((*slab)[:n])
 		r.cb.EncodeData(&b, false)
 		buffer.PutSlab(slab)
+	}
+}
+
+// The on-demand upstream pump. A tunnel to an HTTP/2 upstream whose DATA the upstream
+// connection's reader writes to the client itself (the stream's TunnelEncoder) needs no goroutine
+// waiting on the upstream stream: what the reader could not pass on (the client's socket is full),
+// END_STREAM and a reset are taken by a pump goroutine started by the stream's read hook, which
+// runs while there is something to read and ends. The router's own goroutine returns once the
+// tunnel is open, so an idle tunnel through the seed's front proxy holds one goroutine fewer. The
+// request's accounting (upstream_rq_active, the host's active request) lasts until the stream
+// ends (OnDestroy), and OnDestroy waits for the pump's last run.
+
+// pumpUpstreamOnDemand hands the upstream side of the tunnel to the on-demand pump.
+func (r *routerFilter) pumpUpstreamOnDemand(u *h2Upstream) {
+	r.upPumped.Store(true)
+	r.upPump = u
+	r.wg.Add(1) // the pump's share: done when it sees the upstream side end
+	u.st.SetReadHook(r.kickUpstreamPump)
+	r.kickUpstreamPump() // something may have come already
+}
+
+// kickUpstreamPump is the read hook: it starts the pump unless one runs (which then looks again).
+// It runs under the HTTP/2 connection's lock, so it only flags and starts.
+func (r *routerFilter) kickUpstreamPump() {
+	r.pumpMu.Lock()
+	r.pumpPending = true
+	start := !r.pumpRunning && !r.pumpEnded
+	if start {
+		r.pumpRunning = true
+	}
+	r.pumpMu.Unlock()
+	if start {
+		workers.Go(r.pumpUpstream)
+	}
+}
+
+// pumpUpstream passes the upstream's bytes to the client while a read would return at once, as
+// the tunnel's loop does, then stops; it runs again when the read hook next fires.
+func (r *routerFilter) pumpUpstream() {
+	u := r.upPump
+	var b buffer.Buffer
+	for {
+		r.pumpMu.Lock()
+		r.pumpPending = false
+		r.pumpMu.Unlock()
+		ended := false
+		for !ended && u.st.TryWaitReadable() {
+			slab, n, err := u.read()
+			if err != nil {
+				if err == io.EOF {
+					r.cb.EncodeData(&buffer.Buffer{}, true)
+				} else if r.cb.Context().Err() == nil {
+					r.cb.SendLocalReply(502, "", "upstream_reset_after_response_started")
+				}
+				ended = true
+				break
+			}
+			b.SetBytes((*slab)[:n])
+			r.cb.EncodeData(&b, false)
+			buffer.PutSlab(slab)
+		}
+		r.pumpMu.Lock()
+		if !ended && r.pumpPending {
+			r.pumpMu.Unlock()
+			continue
+		}
+		r.pumpRunning = false
+		r.pumpEnded = ended
+		r.pumpMu.Unlock()
+		if ended {
+			u.st.SetReadHook(nil)
+			r.wg.Done()
+		}
+		return
 	}
 }
 

@@ -53,6 +53,7 @@ type ClientStream struct {
 	contentLen int64 // declared response content-length, -1 if none or not checked
 	recvBytes  int64
 	sink       func(p []byte) int // see SetDataSink; nil: every DATA byte goes through Read
+	readHook   func()             // see SetReadHook
 	consuming  bool               // the reader has bytes from Read it has not finished with
 }
 
@@ -167,6 +168,29 @@ func (s *ClientStream) SetDataSink(sink func(p []byte) int) {
 	s.c.mu.Lock()
 	defer s.c.mu.Unlock()
 	s.sink = sink
+}
+
+// SetReadHook has the connection's reader call hook whenever a Read would newly return at once:
+// DATA was queued for Read (the sink, if any, did not take it), END_STREAM came, or the stream
+// failed. It lets a caller read on demand instead of parking a goroutine in Read (see
+// TryWaitReadable); such a caller must watch the stream's context itself, as Read would. hook
+// runs with the connection's lock held: it must not block or call into the stream. nil removes
+// it.
+func (s *ClientStream) SetReadHook(hook func()) {
+	s.c.mu.Lock()
+	defer s.c.mu.Unlock()
+	s.readHook = hook
+}
+
+// TryWaitReadable is WaitReadable that does not wait: it reports whether a Read would return at
+// once. Like WaitReadable it marks the caller as done with what it read before, so the sink may
+// take DATA again.
+func (s *ClientStream) TryWaitReadable() bool {
+	c := s.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s.consuming = false
+	return s.rerr != nil || s.roff < len(s.rbuf) || s.recvEnd
 }
 
 // Buffered is how many response DATA bytes are waiting to be read, so a reader can take a larger
@@ -393,10 +417,14 @@ func (s *ClientStream) releaseRbufLocked() {
 	rbufPool.Put(h)
 }
 
+// notifyRead wakes a Read, or the read hook. Called with the connection's lock held.
 func (s *ClientStream) notifyRead() {
 	select {
 	case s.readNotify <- struct{}{}:
 	default:
+	}
+	if s.readHook != nil {
+		s.readHook()
 	}
 }
 
