@@ -59,7 +59,7 @@ func TestLoadIdleTunnels(t *testing.T) {
 		t.Logf("opened tunnels %d to %d in %v", from, to, time.Since(start).Round(time.Millisecond))
 	}
 
-	m := measureIdle(t, p, n, "idle tunnels", open)
+	m := measureIdle(t, []*harness.Proxy{p}, n, "idle tunnels", open)
 	kb := m.kb
 	if m.g2-m.g0 > 16 {
 		t.Errorf("%d goroutines for %d idle tunnels: the engine should hold them with none each", m.g2-m.g0, n)
@@ -95,19 +95,32 @@ type idleCost struct {
 	perTunnel, kb float64
 }
 
-// measureIdle opens n tunnels in two halves with open and measures what they cost. The
+// measureIdle opens n tunnels in two halves with open and measures what they cost the proxies
+// together (one, or both hops of the seed's deployment). The
 // goroutines must grow by a constant per tunnel: the second half as much as the first, give or
 // take a few goroutines of the proxy's own.
-func measureIdle(t *testing.T, p *harness.Proxy, n int, what string, open func(from, to int)) idleCost {
+func measureIdle(t *testing.T, ps []*harness.Proxy, n int, what string, open func(from, to int)) idleCost {
 	t.Helper()
+	goroutines := func() (g int64) {
+		for _, p := range ps {
+			g += p.Goroutines()
+		}
+		return g
+	}
+	rss := func() (r int64) {
+		for _, p := range ps {
+			r += p.RSS()
+		}
+		return r
+	}
 	var m idleCost
 	var rss0, rss2 int64
-	m.g0, rss0 = p.Goroutines(), p.RSS()
+	m.g0, rss0 = goroutines(), rss()
 	open(0, n/2)
-	m.g1 = p.Goroutines()
+	m.g1 = goroutines()
 	open(n/2, n)
 	time.Sleep(500 * time.Millisecond) // let the handshakes' garbage be collected
-	m.g2, rss2 = p.Goroutines(), p.RSS()
+	m.g2, rss2 = goroutines(), rss()
 	m.perTunnel = float64(m.g2-m.g0) / float64(n)
 	m.kb = float64(rss2-rss0) / 1024 / float64(n)
 	t.Logf("%d %s: %.2f goroutines and %.1f KiB of RSS each (RSS %d → %d MiB; goroutines %d → %d → %d)",
@@ -173,7 +186,7 @@ func TestLoadIdleH2Tunnels(t *testing.T) {
 		p.WaitStat(upgActiveStat, int64(to), loadWait)
 	}
 
-	m := measureIdle(t, p, n, "idle HTTP/2 tunnels", open)
+	m := measureIdle(t, []*harness.Proxy{p}, n, "idle HTTP/2 tunnels", open)
 	perTunnel, kb := m.perTunnel, m.kb
 	// The connection's reader, and the stream's goroutine running the router's reader of the
 	// upstream; the connection's writer and the stream's pump of client bytes run only while there
@@ -190,6 +203,66 @@ func TestLoadIdleH2Tunnels(t *testing.T) {
 	p.WaitStat(upgActiveStat, 0, loadWait)
 	p.WaitStat("http.ingress.downstream_cx_active", 0, loadWait)
 	waitGoroutines(t, p, m.g0)
+}
+
+// TestLoadIdleTwoHopTunnels holds idle WebSockets through the seed's deployment (client —H1→
+// front —H2→ sidecar —H1→ app; 1000, or SWITCHYARD_IDLE_2HOP_TUNNELS) and measures what each costs
+// the two proxies together: one goroutine in each (the front's client connection, the sidecar's
+// stream); the upstream side of each hop is pumped on demand. Closing them brings both back.
+func TestLoadIdleTwoHopTunnels(t *testing.T) {
+	loadSkipShort(t)
+	n := loadEnv(t, "SWITCHYARD_IDLE_2HOP_TUNNELS", 1000)
+	var mu sync.Mutex
+	var ups []*loadEnd
+	up := newLoadUpstream(t, "websocket", func(_ string, e *loadEnd) {
+		mu.Lock()
+		ups = append(ups, e)
+		mu.Unlock()
+	})
+	const upgrades = "[{upgrade_type: websocket}]"
+	sidecar := harness.StartNoRace(t, seedYAML("sidecar", "          codec_type: AUTO\n          http2_protocol_options: {allow_connect: true}", up.port(), false, upgrades))
+	front := harness.StartNoRace(t, seedYAML("front", "          codec_type: HTTP1", portOf(t, sidecar.Addr("")), true, upgrades))
+	clients := make([]*loadEnd, n)
+	closeAll := func() {
+		loadCloseAll(clients)
+		mu.Lock()
+		loadCloseAll(ups)
+		mu.Unlock()
+	}
+	t.Cleanup(closeAll)
+	open := func(from, to int) {
+		t.Helper()
+		loadOpen(t, front, up, clients, from, to, func(int) string { return upgWSReq("/idle") }, 0)
+		front.WaitStat("http.front.downstream_cx_upgrades_active", int64(to), loadWait)
+		sidecar.WaitStat("http.sidecar.downstream_cx_upgrades_active", int64(to), loadWait)
+	}
+	// Warm the front's pool: its HTTP/2 connections to the sidecar outlive the tunnels, so the
+	// baselines are taken with them open.
+	open(0, 64)
+	closeAll()
+	front.WaitStat("http.front.downstream_cx_upgrades_active", 0, loadWait)
+	sidecar.WaitStat("http.sidecar.downstream_cx_upgrades_active", 0, loadWait)
+	clients = make([]*loadEnd, n)
+	mu.Lock()
+	ups = nil
+	mu.Unlock()
+	up.tunnels.Store(0)
+	g0front, g0sidecar := front.Goroutines(), sidecar.Goroutines()
+	m := measureIdle(t, []*harness.Proxy{front, sidecar}, n, "idle two-hop tunnels", open)
+	if m.perTunnel > 2.1 {
+		t.Errorf("%.2f goroutines per idle two-hop tunnel (both proxies), want at most 2", m.perTunnel)
+	}
+	// 28-30 KiB measured for the pair with the pool warm (3 goroutines and 6-7 KiB more with a
+	// goroutine per tunnel waiting on the upstream in the front, 43 KiB with one in each proxy).
+	if m.kb >= 42 {
+		t.Errorf("%.1f KiB of RSS per idle two-hop tunnel (both proxies), want under 42", m.kb)
+	}
+	closeAll()
+	front.WaitStat("http.front.downstream_cx_upgrades_active", 0, loadWait)
+	sidecar.WaitStat("http.sidecar.downstream_cx_upgrades_active", 0, loadWait)
+	// Give or take the goroutines of HTTP/2 connections the pool may have added in the burst.
+	waitGoroutines(t, front, g0front+8)
+	waitGoroutines(t, sidecar, g0sidecar+8)
 }
 
 // TestLoadSlowReaders: 1000 tunnels (or SWITCHYARD_SLOW_TUNNELS) whose upstream writes 1 MiB
