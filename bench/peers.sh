@@ -156,7 +156,7 @@ CASES=(
   "handshakes c=50|-workload handshakes -conns 50|${TARGETS[*]}"
 )
 IDLECASES=(
-  "idle n=$IDLE|-workload idle -conns $IDLE|${TARGETS[*]}"
+  "idle n=$IDLE|-workload idle -conns $IDLE|${TARGETS[*]} ${PAIRS[*]}"
   "h2 idle n=$IDLE|-proto h2 -workload idle -conns $IDLE|${H2TARGETS[*]}"
 )
 
