@@ -78,7 +78,7 @@ type stream struct {
 	detached  bool     // the engine carries the tunnel; set by the decode goroutine
 	engine    atomic.Pointer[tunnel.Tunnel]
 
-	// The on-demand decode pump of an HTTP/2 tunnel (see pumpOnDemand).
+	// The on-demand decode pump of an HTTP/2 tunnel (see PumpOnDemand).
 	pumpMu       sync.Mutex
 	pumpCond     sync.Cond // L is &pumpMu; signalled when the on-demand pump stops
 	pumpOn       bool      // client bytes are pumped on demand
@@ -396,7 +396,7 @@ func (s *stream) pumpRequest() {
 // the 101 has not come yet), the client's END_STREAM and a reset are taken by a pump goroutine
 // started by the stream's read hook, which runs while there is something to read and ends. The
 // stream's own goroutine is then free to run the router's exchange with the upstream and the
-// tunnel's upstream side (PumpsOnDemand), instead of the router starting a goroutine for them: an
+// tunnel's upstream side (PumpOnDemand), instead of the router starting a goroutine for them: an
 // idle tunnel holds one goroutine fewer, and a handshake makes one goroutine hand-off fewer. When
 // the router returns, the stream's goroutine takes the pump back. The router asks for it only once
 // it is ready for DecodeData: bytes passed before that would be dropped.
@@ -458,10 +458,10 @@ func (s *stream) kickPump() {
 // stops; it runs again when the read hook next fires.
 func (s *stream) pumpReady() {
 	d := s.down.(*h2Stream)
-	router := s.filters[0].(filter.DecoderFilter)
+	rf := s.filters[0].(filter.DecoderFilter) // the router (canPumpOnDemand)
 	push := func(b *buffer.Buffer, end bool) {
 		if !s.aborted() {
-			router.DecodeData(b, end)
+			rf.DecodeData(b, end)
 		}
 	}
 	var b buffer.Buffer

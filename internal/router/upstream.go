@@ -477,25 +477,30 @@ func (r *routerFilter) tunnel(att *attempt, resp *upResponse) {
 			return true
 		})
 		if err == nil {
-			r.cb.EncodeData(&buffer.Buffer{}, true)
-		} else if r.cb.Context().Err() == nil {
-			r.cb.SendLocalReply(502, "", "upstream_reset_after_response_started")
+			err = io.EOF // Stream ends cleanly at the FIN
 		}
+		r.upstreamEnded(err)
 		return
 	}
 	for {
 		slab, n, err := up.read()
 		if err != nil {
-			if err == io.EOF {
-				r.cb.EncodeData(&buffer.Buffer{}, true)
-			} else if r.cb.Context().Err() == nil {
-				r.cb.SendLocalReply(502, "", "upstream_reset_after_response_started")
-			}
+			r.upstreamEnded(err)
 			return
 		}
 		b.SetBytes((*slab)[:n])
 		r.cb.EncodeData(&b, false)
 		buffer.PutSlab(slab)
+	}
+}
+
+// upstreamEnded passes on the end of a tunnel's upstream side: END_STREAM (or the FIN) after
+// io.EOF, else a reset, unless the stream is already over.
+func (r *routerFilter) upstreamEnded(err error) {
+	if err == io.EOF {
+		r.cb.EncodeData(&buffer.Buffer{}, true)
+	} else if r.cb.Context().Err() == nil {
+		r.cb.SendLocalReply(502, "", "upstream_reset_after_response_started")
 	}
 }
 
@@ -545,11 +550,7 @@ func (r *routerFilter) pumpUpstream() {
 		for !ended && u.st.TryWaitReadable() {
 			slab, n, err := u.read()
 			if err != nil {
-				if err == io.EOF {
-					r.cb.EncodeData(&buffer.Buffer{}, true)
-				} else if r.cb.Context().Err() == nil {
-					r.cb.SendLocalReply(502, "", "upstream_reset_after_response_started")
-				}
+				r.upstreamEnded(err)
 				ended = true
 				break
 			}
