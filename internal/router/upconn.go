@@ -236,10 +236,28 @@ type h2Upstream struct {
 	cc      *cluster.H2Conn
 	st      *client.ClientStream
 	upgrade string
+	// pickAgain asks the pool for another connection (see sendHeaders); nil: do not.
+	pickAgain func(ctx context.Context) (*cluster.H2Conn, error)
 }
+
+// maxPickAgain bounds how often sendHeaders asks the pool again when the connection it was given
+// filled up before the stream opened on it. A new connection is taken for 100 streams until the
+// peer's SETTINGS say otherwise, so a burst can be sent to one that turns out to take far fewer.
+const maxPickAgain = 32
 
 func (u *h2Upstream) sendHeaders(h *headers.Map, end bool) error {
 	st, err := u.cc.NewStream(u.ctx, h, end)
+	for tries := 0; errors.Is(err, client.ErrNoCapacity) && u.pickAgain != nil && tries < maxPickAgain; tries++ {
+		// The pool picked a connection with room, but other streams took the last of it before
+		// this one opened (the peer's MAX_CONCURRENT_STREAMS): the pool's next pick is another
+		// connection with room, or a new one. Before, the request failed with a 503.
+		cc, perr := u.pickAgain(u.ctx)
+		if perr != nil {
+			return perr
+		}
+		u.cc = cc
+		st, err = u.cc.NewStream(u.ctx, h, end)
+	}
 	if err != nil {
 		return err
 	}

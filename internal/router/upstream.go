@@ -128,7 +128,7 @@ func (r *routerFilter) connect(ctx context.Context) (upstream, error) {
 		if err != nil {
 			return nil, err
 		}
-		return &h2Upstream{ctx: ctx, cc: cc, upgrade: r.upgrade}, nil
+		return &h2Upstream{ctx: ctx, cc: cc, upgrade: r.upgrade, pickAgain: r.cl.AcquireH2}, nil
 	}
 	lease, err := r.cl.Acquire(ctx)
 	if err != nil {
