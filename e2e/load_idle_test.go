@@ -35,20 +35,13 @@ func idleTunnelsDefault(t *testing.T) int {
 func TestLoadIdleTunnels(t *testing.T) {
 	loadSkipShort(t)
 	n := loadEnv(t, "SWITCHYARD_IDLE_TUNNELS", idleTunnelsDefault(t))
-	var mu sync.Mutex
-	var ups []*loadEnd
-	up := newLoadUpstream(t, "websocket", func(_ string, e *loadEnd) {
-		mu.Lock()
-		ups = append(ups, e)
-		mu.Unlock()
-	})
+	var ups keptEnds
+	up := newLoadUpstream(t, "websocket", ups.keep)
 	p := harness.StartNoRace(t, harness.Config{UpstreamPort: up.port(), HCM: upgHCMws, Cluster: loadCluster}.YAML(), "-l", "info")
 	clients := make([]*loadEnd, n)
 	closeAll := func() {
 		loadCloseAll(clients)
-		mu.Lock()
-		loadCloseAll(ups)
-		mu.Unlock()
+		ups.closeAll()
 	}
 	t.Cleanup(closeAll)
 	open := func(from, to int) {
@@ -152,13 +145,8 @@ func waitGoroutines(t *testing.T, p *harness.Proxy, g0 int64) {
 func TestLoadIdleH2Tunnels(t *testing.T) {
 	loadSkipShort(t)
 	n := loadEnv(t, "SWITCHYARD_IDLE_H2_TUNNELS", 1000)
-	var mu sync.Mutex
-	var ups []*loadEnd
-	up := newLoadUpstream(t, "websocket", func(_ string, e *loadEnd) {
-		mu.Lock()
-		ups = append(ups, e)
-		mu.Unlock()
-	})
+	var ups keptEnds
+	up := newLoadUpstream(t, "websocket", ups.keep)
 	hcm := "codec_type: AUTO\nhttp2_protocol_options: {allow_connect: true}\n" + upgHCMws
 	p := harness.StartNoRace(t, harness.Config{UpstreamPort: up.port(), HCM: hcm, Cluster: loadCluster}.YAML(), "-l", "info")
 	clients := make([]*h2Conn, n)
@@ -168,9 +156,7 @@ func TestLoadIdleH2Tunnels(t *testing.T) {
 				c.close()
 			}
 		}
-		mu.Lock()
-		loadCloseAll(ups)
-		mu.Unlock()
+		ups.closeAll()
 	}
 	t.Cleanup(closeAll)
 	open := func(from, to int) {
@@ -212,22 +198,15 @@ func TestLoadIdleH2Tunnels(t *testing.T) {
 func TestLoadIdleTwoHopTunnels(t *testing.T) {
 	loadSkipShort(t)
 	n := loadEnv(t, "SWITCHYARD_IDLE_2HOP_TUNNELS", 1000)
-	var mu sync.Mutex
-	var ups []*loadEnd
-	up := newLoadUpstream(t, "websocket", func(_ string, e *loadEnd) {
-		mu.Lock()
-		ups = append(ups, e)
-		mu.Unlock()
-	})
+	var ups keptEnds
+	up := newLoadUpstream(t, "websocket", ups.keep)
 	const upgrades = "[{upgrade_type: websocket}]"
 	sidecar := harness.StartNoRace(t, seedYAML("sidecar", "          codec_type: AUTO\n          http2_protocol_options: {allow_connect: true}", up.port(), false, upgrades))
 	front := harness.StartNoRace(t, seedYAML("front", "          codec_type: HTTP1", portOf(t, sidecar.Addr("")), true, upgrades))
 	clients := make([]*loadEnd, n)
 	closeAll := func() {
 		loadCloseAll(clients)
-		mu.Lock()
-		loadCloseAll(ups)
-		mu.Unlock()
+		ups.closeAll()
 	}
 	t.Cleanup(closeAll)
 	open := func(from, to int) {
@@ -243,9 +222,6 @@ func TestLoadIdleTwoHopTunnels(t *testing.T) {
 	front.WaitStat("http.front.downstream_cx_upgrades_active", 0, loadWait)
 	sidecar.WaitStat("http.sidecar.downstream_cx_upgrades_active", 0, loadWait)
 	clients = make([]*loadEnd, n)
-	mu.Lock()
-	ups = nil
-	mu.Unlock()
 	up.tunnels.Store(0)
 	g0front, g0sidecar := front.Goroutines(), sidecar.Goroutines()
 	m := measureIdle(t, []*harness.Proxy{front, sidecar}, n, "idle two-hop tunnels", open)
@@ -284,14 +260,11 @@ func TestLoadSlowReaders(t *testing.T) {
 	rand.Read(payload)
 
 	var written atomic.Int64
-	var mu sync.Mutex
-	var ups []*loadEnd
+	var ups keptEnds
 	var writers sync.WaitGroup
-	up := newLoadUpstream(t, "websocket", func(_ string, e *loadEnd) {
+	up := newLoadUpstream(t, "websocket", func(path string, e *loadEnd) {
 		e.c.SetWriteBuffer(chunk)
-		mu.Lock()
-		ups = append(ups, e)
-		mu.Unlock()
+		ups.keep(path, e)
 		writers.Add(1)
 		go func() {
 			defer writers.Done()
@@ -309,9 +282,7 @@ func TestLoadSlowReaders(t *testing.T) {
 	clients := make([]*loadEnd, n)
 	t.Cleanup(func() {
 		loadCloseAll(clients)
-		mu.Lock()
-		loadCloseAll(ups)
-		mu.Unlock()
+		ups.closeAll()
 	})
 
 	rss0 := p.RSS()

@@ -159,6 +159,27 @@ func newLoadUpstream(t *testing.T, upgrade string, onTunnel func(path string, e 
 
 func (u *loadUpstream) port() int { return u.ln.Addr().(*net.TCPAddr).Port }
 
+// keptEnds keeps the upstream ends a load upstream hands over (keep is an onTunnel), so that a
+// test can close them all.
+type keptEnds struct {
+	mu   sync.Mutex
+	ends []*loadEnd
+}
+
+func (k *keptEnds) keep(_ string, e *loadEnd) {
+	k.mu.Lock()
+	k.ends = append(k.ends, e)
+	k.mu.Unlock()
+}
+
+// closeAll closes every end kept so far and forgets them.
+func (k *keptEnds) closeAll() {
+	k.mu.Lock()
+	loadCloseAll(k.ends)
+	k.ends = nil
+	k.mu.Unlock()
+}
+
 // wait waits until n tunnels have been handed to onTunnel. A client can see its 101 a moment
 // before its upstream end is handed over.
 func (u *loadUpstream) wait(t *testing.T, n int) {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -204,13 +203,8 @@ func TestSeedDeploymentBodyRejected(t *testing.T) {
 func TestSeedDeploymentFullConnections(t *testing.T) {
 	t.Parallel()
 	const n = 64
-	var mu sync.Mutex
-	var ups []*loadEnd
-	up := newLoadUpstream(t, "websocket", func(_ string, e *loadEnd) {
-		mu.Lock()
-		ups = append(ups, e)
-		mu.Unlock()
-	})
+	var ups keptEnds
+	up := newLoadUpstream(t, "websocket", ups.keep)
 	const upgrades = "[{upgrade_type: websocket}]"
 	sidecar := harness.Start(t, seedYAML("sidecar",
 		"          codec_type: AUTO\n          http2_protocol_options: {allow_connect: true, max_concurrent_streams: 4}",
@@ -219,9 +213,7 @@ func TestSeedDeploymentFullConnections(t *testing.T) {
 	clients := make([]*loadEnd, n)
 	t.Cleanup(func() {
 		loadCloseAll(clients)
-		mu.Lock()
-		loadCloseAll(ups)
-		mu.Unlock()
+		ups.closeAll()
 	})
 	loadOpen(t, front, up, clients, 0, n, func(int) string { return upgWSReq("/burst") }, 0)
 	front.WaitStat("http.front.downstream_cx_upgrades_active", n, loadWait)
