@@ -78,15 +78,12 @@ type stream struct {
 	detached  bool     // the engine carries the tunnel; set by the decode goroutine
 	engine    atomic.Pointer[tunnel.Tunnel]
 
-	// The on-demand decode pump of an HTTP/2 tunnel (see PumpOnDemand).
-	pumpMu       sync.Mutex
-	pumpCond     sync.Cond // L is &pumpMu; signalled when the on-demand pump stops
-	pumpOn       bool      // client bytes are pumped on demand
-	pumpRunning  bool      // an on-demand pump goroutine runs
-	pumpPending  bool      // the read hook fired since the pump last looked
-	pumpFinished bool      // the client's side ended (or failed) through the on-demand pump
-	pumpEligible bool      // owned by the stream's goroutine: the pump may go on demand
-	pumpStarted  bool      // owned by the stream's goroutine: it went on demand (PumpOnDemand)
+	// The on-demand decode pump of an HTTP/2 tunnel (see PumpOnDemand). The bools are owned by
+	// the stream's goroutine.
+	pump         workers.Demand
+	pumpEligible bool // the pump may go on demand
+	pumpStarted  bool // it went on demand (PumpOnDemand)
+	pumpFinished bool // the client's side ended (or failed) through the on-demand pump
 
 	// For the hand-off, which re-arms the timers on the record that outlives the stream.
 	idleTimeout time.Duration // 0: none
@@ -394,7 +391,8 @@ func (s *stream) pumpRequest() {
 // needs no goroutine waiting for the client's bytes: the connection's reader passes them to the
 // upstream itself (InlineTunnel), and what it cannot pass at once (the upstream's socket is full,
 // the 101 has not come yet), the client's END_STREAM and a reset are taken by a pump goroutine
-// started by the stream's read hook, which runs while there is something to read and ends. The
+// started by the stream's read hook (a workers.Demand), which runs while there is something to
+// read and ends. The
 // stream's own goroutine is then free to run the router's exchange with the upstream and the
 // tunnel's upstream side (PumpOnDemand), instead of the router starting a goroutine for them: an
 // idle tunnel holds one goroutine fewer, and a handshake makes one goroutine hand-off fewer. When
@@ -418,45 +416,22 @@ func (s *stream) PumpOnDemand() bool {
 		return false
 	}
 	s.pumpStarted = true
-	s.pumpCond.L = &s.pumpMu
-	s.pumpMu.Lock()
-	s.pumpOn = true
-	s.pumpMu.Unlock()
-	s.down.(*h2Stream).st.SetReadHook(s.kickPump)
-	s.kickPump() // bytes may have come already
+	s.pump.Init(s.pumpReady)
+	s.down.(*h2Stream).st.SetReadHook(s.pump.Ask)
+	s.pump.Ask() // bytes may have come already
 	return true
 }
 
-// stopPumpOnDemand hands the pump back to the stream's goroutine: it waits for a running
-// on-demand pump to stop.
+// stopPumpOnDemand hands the pump back to the stream's goroutine: it waits for a run of the
+// on-demand pump under way to end.
 func (s *stream) stopPumpOnDemand() {
 	s.down.(*h2Stream).st.SetReadHook(nil)
-	s.pumpMu.Lock()
-	s.pumpOn = false
-	for s.pumpRunning {
-		s.pumpCond.Wait()
-	}
-	s.pumpMu.Unlock()
+	s.pumpFinished = s.pump.Stop()
 }
 
-// kickPump is the read hook: it starts the on-demand pump unless one runs (which then looks
-// again). It runs under the HTTP/2 connection's lock, so it only flags and starts.
-func (s *stream) kickPump() {
-	s.pumpMu.Lock()
-	s.pumpPending = true
-	start := s.pumpOn && !s.pumpRunning && !s.pumpFinished
-	if start {
-		s.pumpRunning = true
-	}
-	s.pumpMu.Unlock()
-	if start {
-		workers.Go(s.pumpReady)
-	}
-}
-
-// pumpReady passes the client's bytes to the router while a read would return at once, then
-// stops; it runs again when the read hook next fires.
-func (s *stream) pumpReady() {
+// pumpReady is a run of the on-demand pump: it passes the client's bytes to the router while a
+// read would return at once, and reports whether the client's side ended.
+func (s *stream) pumpReady() (ended bool) {
 	d := s.down.(*h2Stream)
 	rf := s.filters[0].(filter.DecoderFilter) // the router (canPumpOnDemand)
 	push := func(b *buffer.Buffer, end bool) {
@@ -465,35 +440,19 @@ func (s *stream) pumpReady() {
 		}
 	}
 	var b buffer.Buffer
-	for {
-		s.pumpMu.Lock()
-		s.pumpPending = false
-		s.pumpMu.Unlock()
-		for !s.aborted() && d.st.TryWaitReadable() {
-			slab, n, err := s.down.read(true)
-			if err != nil {
-				s.pumpMu.Lock()
-				s.pumpFinished = true
-				s.pumpMu.Unlock()
-				s.pumpEndedVia(err, true, push)
-				break
-			}
-			s.touch()
-			s.upStats.BytesUp.Add(uint64(n))
-			b.SetBytes((*slab)[:n])
-			push(&b, false)
-			buffer.PutSlab(slab)
+	for !s.aborted() && d.st.TryWaitReadable() {
+		slab, n, err := s.down.read(true)
+		if err != nil {
+			s.pumpEndedVia(err, true, push)
+			return true
 		}
-		s.pumpMu.Lock()
-		if s.pumpPending && s.pumpOn && !s.pumpFinished && !s.aborted() {
-			s.pumpMu.Unlock()
-			continue
-		}
-		s.pumpRunning = false
-		s.pumpCond.Broadcast()
-		s.pumpMu.Unlock()
-		return
+		s.touch()
+		s.upStats.BytesUp.Add(uint64(n))
+		b.SetBytes((*slab)[:n])
+		push(&b, false)
+		buffer.PutSlab(slab)
 	}
+	return false
 }
 
 // maybeTunnelDone ends a tunnel once both halves have ended.

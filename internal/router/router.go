@@ -170,12 +170,9 @@ type routerFilter struct {
 	handedOff atomic.Bool
 
 	// The on-demand pump of an HTTP/2 upstream's bytes (see pumpUpstreamOnDemand).
-	upPumped    atomic.Bool // the pump carries the upstream side: the request ends in OnDestroy
-	upPump      *h2Upstream // set before the pump first runs
-	pumpMu      sync.Mutex
-	pumpRunning bool // a pump goroutine runs
-	pumpPending bool // the read hook fired since the pump last looked
-	pumpEnded   bool // the pump saw the upstream side end
+	upPumped atomic.Bool // the pump carries the upstream side: the request ends in OnDestroy
+	upPump   *h2Upstream // set before the pump first runs
+	pump     workers.Demand
 
 	// Tunnel shutdown at the drain deadline; guarded by the attempt's wmu once the tunnel is open.
 	wsUp      tunnel.FrameTracker // WebSocket frames written upstream

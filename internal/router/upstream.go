@@ -15,7 +15,6 @@ import (
 	"github.com/switchyard-proxy/switchyard/internal/codec/http2/client"
 	"github.com/switchyard-proxy/switchyard/internal/config"
 	"github.com/switchyard-proxy/switchyard/internal/rawsys"
-	"github.com/switchyard-proxy/switchyard/internal/workers"
 )
 
 // failure kinds a retry policy can name.
@@ -507,8 +506,8 @@ func (r *routerFilter) upstreamEnded(err error) {
 // The on-demand upstream pump. A tunnel to an HTTP/2 upstream whose DATA the upstream
 // connection's reader writes to the client itself (the stream's TunnelEncoder) needs no goroutine
 // waiting on the upstream stream: what the reader could not pass on (the client's socket is full),
-// END_STREAM and a reset are taken by a pump goroutine started by the stream's read hook, which
-// runs while there is something to read and ends. The router's own goroutine returns once the
+// END_STREAM and a reset are taken by a pump goroutine started by the stream's read hook (a
+// workers.Demand), which runs while there is something to read and ends. The router's own goroutine returns once the
 // tunnel is open, so an idle tunnel through the seed's front proxy holds one goroutine fewer. The
 // request's accounting (upstream_rq_active, the host's active request) lasts until the stream
 // ends (OnDestroy), and OnDestroy waits for the pump's last run.
@@ -518,60 +517,30 @@ func (r *routerFilter) pumpUpstreamOnDemand(u *h2Upstream) {
 	r.upPumped.Store(true)
 	r.upPump = u
 	r.wg.Add(1) // the pump's share: done when it sees the upstream side end
-	u.st.SetReadHook(r.kickUpstreamPump)
-	r.kickUpstreamPump() // something may have come already
+	r.pump.Init(r.pumpUpstream)
+	u.st.SetReadHook(r.pump.Ask)
+	r.pump.Ask() // something may have come already
 }
 
-// kickUpstreamPump is the read hook: it starts the pump unless one runs (which then looks again).
-// It runs under the HTTP/2 connection's lock, so it only flags and starts.
-func (r *routerFilter) kickUpstreamPump() {
-	r.pumpMu.Lock()
-	r.pumpPending = true
-	start := !r.pumpRunning && !r.pumpEnded
-	if start {
-		r.pumpRunning = true
-	}
-	r.pumpMu.Unlock()
-	if start {
-		workers.Go(r.pumpUpstream)
-	}
-}
-
-// pumpUpstream passes the upstream's bytes to the client while a read would return at once, as
-// the tunnel's loop does, then stops; it runs again when the read hook next fires.
-func (r *routerFilter) pumpUpstream() {
+// pumpUpstream is a run of the on-demand pump: it passes the upstream's bytes to the client while
+// a read would return at once, as the tunnel's loop does, and reports whether the upstream side
+// ended.
+func (r *routerFilter) pumpUpstream() (ended bool) {
 	u := r.upPump
 	var b buffer.Buffer
-	for {
-		r.pumpMu.Lock()
-		r.pumpPending = false
-		r.pumpMu.Unlock()
-		ended := false
-		for !ended && u.st.TryWaitReadable() {
-			slab, n, err := u.read()
-			if err != nil {
-				r.upstreamEnded(err)
-				ended = true
-				break
-			}
-			b.SetBytes((*slab)[:n])
-			r.cb.EncodeData(&b, false)
-			buffer.PutSlab(slab)
-		}
-		r.pumpMu.Lock()
-		if !ended && r.pumpPending {
-			r.pumpMu.Unlock()
-			continue
-		}
-		r.pumpRunning = false
-		r.pumpEnded = ended
-		r.pumpMu.Unlock()
-		if ended {
+	for u.st.TryWaitReadable() {
+		slab, n, err := u.read()
+		if err != nil {
+			r.upstreamEnded(err)
 			u.st.SetReadHook(nil)
 			r.wg.Done()
+			return true
 		}
-		return
+		b.SetBytes((*slab)[:n])
+		r.cb.EncodeData(&b, false)
+		buffer.PutSlab(slab)
 	}
+	return false
 }
 
 // handOff offers an HTTP/1.1 tunnel to the stream for the tunnel engine: once taken, no goroutine

@@ -19,14 +19,25 @@ func waitIdle(t *testing.T, n int) {
 	}
 }
 
-// drain ends every idle goroutine, so each test starts from none.
+// drain ends every idle goroutine, so each test starts from none, and waits until they are gone
+// (a test that counts goroutines would see them leave).
 func drain(t *testing.T) {
+	t.Helper()
+	before := runtime.NumGoroutine()
 	mu.Lock()
+	n := len(idle)
 	for _, w := range idle {
 		w.next <- nil
 	}
 	idle = nil
 	mu.Unlock()
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > before-n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d goroutines after ending %d idle ones of %d", runtime.NumGoroutine(), n, before)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 // A second function runs on the goroutine the first one left: no goroutine is added.
