@@ -21,3 +21,15 @@ type Options struct {
 	// be quick, and may take locks only for short work that never waits for the engine.
 	Done func(why error)
 }
+
+// ReaderOptions describe a socket for the engine to read (Engine.StartReader).
+type ReaderOptions struct {
+	Conn net.Conn // a plain TCP socket (see Pluggable), with no bytes buffered above it
+	// Deliver takes what was read, in order, on the engine's goroutine: it must not block, and
+	// must copy what it keeps. It returns false to stop the reads until Reader.Resume (the
+	// destination is full: what it took last is all it holds beyond its limit).
+	Deliver func(p []byte) bool
+	// Done is called once, on the engine's goroutine, when the socket said EOF (nil), a read
+	// failed, or Abort was called (why). No Deliver follows it.
+	Done func(why error)
+}

@@ -91,17 +91,18 @@ func isTLS(c net.Conn) bool {
 // Tunnel is one tunnel in the engine. Its fields belong to its loop's goroutine, except where
 // noted.
 type Tunnel struct {
-	loop   *loop
-	ab     direction // A → B
-	ba     direction // B → A
-	moved  func(toB bool, n int)
-	done   func(why error)
-	why    error
-	gone   atomic.Bool // over, as seen from other goroutines
-	ended  uint8       // directions that have ended
-	splice bool
-	goAway bool
-	over   bool
+	loop  *loop
+	ab    direction // A → B
+	ba    direction // B → A
+	moved func(toB bool, n int)
+	done  func(why error)
+	// deliver is a Reader's destination: ab's bytes go to it instead of a socket (ba is unused).
+	deliver func(p []byte) bool
+	gone    atomic.Bool // over, as seen from other goroutines
+	ended   uint8       // directions that have ended
+	splice  bool
+	goAway  bool
+	over    bool
 }
 
 // direction is one way of a tunnel: bytes read from src are written to dst. src is the
@@ -132,6 +133,7 @@ type direction struct {
 	shutNext bool // shut dst's write side once the pending bytes are out
 	queued   bool // in the loop's ready list
 	bulk     bool // the last read filled the buffer: bulk data, for run and its splices
+	paused   bool // a Reader's Deliver asked for no more until Resume
 }
 
 // ErrEngineClosed is the reason of a tunnel whose sockets failed under the engine.
@@ -168,6 +170,55 @@ func (e *Engine) Start(opt Options) (*Tunnel, error) {
 	}
 	return t, nil
 }
+
+// Reader is a socket the engine reads for a destination that is not a socket (see StartReader).
+type Reader struct{ t *Tunnel }
+
+// StartReader has the engine read opt.Conn's socket and pass what it reads to opt.Deliver, so
+// that no goroutine waits on the socket between reads: for the upstream side of a tunnel whose
+// client is an HTTP/2 stream. The engine reads a duplicate of the socket's descriptor; opt.Conn
+// stays the caller's, to write to, half-close and close (the socket closes only when the engine
+// has let go of its duplicate too: after Done). On error the caller keeps reading the socket.
+func (e *Engine) StartReader(opt ReaderOptions) (*Reader, error) {
+	tc, ok := tcpOf(opt.Conn)
+	if !ok {
+		return nil, errors.New("tunnel: the engine reads plain TCP sockets only")
+	}
+	fd, err := dupSocket(tc)
+	if err != nil {
+		return nil, err
+	}
+	t := &Tunnel{loop: e.loops[int(e.next.Add(1))%len(e.loops)], done: opt.Done, deliver: opt.Deliver}
+	t.ab = direction{t: t, peer: &t.ba, src: fd, dst: -1}
+	t.ba = direction{t: t, peer: &t.ab, src: -1, dst: fd, ended: true}
+	t.ended = 1
+	if err := t.loop.add(&t.ab); err != nil {
+		syscall.Close(fd)
+		return nil, err
+	}
+	return &Reader{t: t}, nil
+}
+
+// Resume reads on after Deliver asked for a pause.
+func (r *Reader) Resume() {
+	t := r.t
+	if t.gone.Load() {
+		return
+	}
+	t.loop.do(func() {
+		if t.over || !t.ab.paused {
+			return
+		}
+		t.ab.paused = false
+		if t.ab.readable {
+			t.loop.requeue(&t.ab)
+		}
+	})
+}
+
+// Abort stops reading: the engine lets the descriptor go, and Done follows with why. The socket
+// itself is left as it is, for its owner to close.
+func (r *Reader) Abort(why error) { r.t.Abort(why) }
 
 // dupSocket duplicates c's descriptor (close-on-exec, and non-blocking like Go's own).
 func dupSocket(c *net.TCPConn) (int, error) {
@@ -225,18 +276,23 @@ func (t *Tunnel) abort(why error) {
 	if why == nil {
 		why = ErrEngineClosed
 	}
-	t.why = why
-	rawsys.Shutdown(t.ab.src, syscall.SHUT_RDWR)
-	rawsys.Shutdown(t.ba.src, syscall.SHUT_RDWR)
-	t.finish()
+	if t.deliver == nil { // a Reader's socket is its owner's to shut
+		rawsys.Shutdown(t.ab.src, syscall.SHUT_RDWR)
+		rawsys.Shutdown(t.ba.src, syscall.SHUT_RDWR)
+	}
+	t.finish(why)
 }
 
 // finish releases the tunnel: its descriptors (which takes them out of the epoll set), buffers
-// and pipes, then tells Done.
-func (t *Tunnel) finish() {
+// and pipes, then tells Done why (nil: both directions ended).
+func (t *Tunnel) finish(why error) {
 	t.over = true
 	t.gone.Store(true)
-	t.loop.remove(&t.ab, &t.ba)
+	if t.deliver != nil {
+		t.loop.remove(&t.ab)
+	} else {
+		t.loop.remove(&t.ab, &t.ba)
+	}
 	for _, d := range []*direction{&t.ab, &t.ba} {
 		d.ended = true
 		if d.out != nil {
@@ -249,9 +305,11 @@ func (t *Tunnel) finish() {
 		}
 	}
 	t.loop.closeFD(t.ab.src)
-	t.loop.closeFD(t.ba.src)
+	if t.ba.src >= 0 {
+		t.loop.closeFD(t.ba.src)
+	}
 	if t.done != nil {
-		t.done(t.why)
+		t.done(why)
 	}
 }
 
@@ -260,7 +318,7 @@ func (d *direction) end() {
 	d.ended = true
 	d.t.ended++
 	if d.t.ended == 2 {
-		d.t.finish()
+		d.t.finish(nil)
 	}
 }
 
@@ -346,7 +404,7 @@ func (d *direction) run() {
 			d.sendClose()
 			continue
 		}
-		if !d.readable {
+		if !d.readable || d.paused {
 			return
 		}
 		if reads == loopReadsPerTurn {
@@ -367,7 +425,7 @@ func (d *direction) run() {
 			// The source ended its side: pass the half-close on, and the direction is over. When
 			// the other side ended already, the close that follows sends the FIN (dst has no
 			// unread bytes, so it is a FIN and not a reset), and a shutdown would only cost a call.
-			if !d.shutDst && !d.peer.ended {
+			if d.dst >= 0 && !d.shutDst && !d.peer.ended {
 				d.shutDst = true
 				rawsys.Shutdown(d.dst, syscall.SHUT_WR)
 			}
@@ -377,6 +435,13 @@ func (d *direction) run() {
 		d.bulk = n == len(buf)
 		if d.closed {
 			continue // after our Close nothing may follow it
+		}
+		if t.deliver != nil {
+			if n < len(buf) && !d.ending {
+				d.readable = false // as below: the socket is drained
+			}
+			d.paused = !t.deliver(buf[:n])
+			continue
 		}
 		if t.moved != nil {
 			t.moved(d.toB, n)
@@ -825,7 +890,7 @@ var submitRing = (*uring.Ring).Submit
 // batchable reports whether d's next step is a plain read and write.
 func (d *direction) batchable() bool {
 	t := d.t
-	return d.readable && !d.bulk && !t.over && !d.ended && !d.pending() && d.pipe == nil && !t.goAway && !d.closed
+	return d.readable && !d.paused && !d.bulk && !t.over && !d.ended && !d.pending() && d.pipe == nil && !t.goAway && !d.closed
 }
 
 // slot is batch slot i's read buffer.
@@ -846,13 +911,21 @@ func (l *loop) readDone(i int, d *direction) {
 	case res < 0:
 		t.abort(syscall.Errno(-res))
 	case res == 0:
-		if !d.shutDst && !d.peer.ended {
+		if d.dst >= 0 && !d.shutDst && !d.peer.ended {
 			d.shutDst = true
 			rawsys.Shutdown(d.dst, syscall.SHUT_WR)
 		}
 		d.end()
 	default:
 		p := l.slot(i)[:res]
+		if t.deliver != nil {
+			if d.paused = !t.deliver(p); !d.paused {
+				l.afterWrite(d, int(res))
+			} else if res < loopBufSize && !d.ending {
+				d.readable = false
+			}
+			return
+		}
 		if t.moved != nil {
 			t.moved(d.toB, int(res))
 		}

@@ -29,3 +29,17 @@ func (t *Tunnel) GoAway() {}
 
 // Abort does nothing: no tunnel is ever started.
 func (t *Tunnel) Abort(error) {}
+
+// Reader is a socket the engine reads; there are none without epoll.
+type Reader struct{}
+
+// StartReader refuses: the engine needs epoll.
+func (e *Engine) StartReader(ReaderOptions) (*Reader, error) {
+	return nil, errors.New("tunnel: the engine needs Linux")
+}
+
+// Resume does nothing: no reader is ever started.
+func (r *Reader) Resume() {}
+
+// Abort does nothing: no reader is ever started.
+func (r *Reader) Abort(error) {}
