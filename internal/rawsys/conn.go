@@ -118,9 +118,9 @@ type ConnWriter struct {
 	vec     [][]byte
 	n       int
 	err     error
+	noWait  bool // a Try call: a full socket ends the call instead of waiting for room
 	write   func(fd uintptr) bool
 	writev  func(fd uintptr) bool
-	try     func(fd uintptr) bool
 }
 
 // NewConnWriter returns a writer for c's socket, or nil when Socket(c) is nil: write to c then.
@@ -133,7 +133,6 @@ func NewConnWriter(c net.Conn) *ConnWriter {
 	w.counter, _ = c.(interface{ CountWrite(n int) })
 	w.write = w.writeOnce
 	w.writev = w.writevOnce
-	w.try = w.tryOnce
 	return w
 }
 
@@ -152,14 +151,20 @@ func (w *ConnWriter) Write(p []byte) (int, error) {
 func (w *ConnWriter) TryWrite(p []byte) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	w.p, w.n, w.err = p, 0, nil
-	err := w.rc.Write(w.try)
+	w.p, w.n, w.err, w.noWait = p, 0, nil, true
+	err := w.rc.Write(w.write)
+	w.noWait = false
 	return w.done(err)
 }
 
-func (w *ConnWriter) tryOnce(fd uintptr) bool {
-	w.writeOnce(fd)
-	return true // even on EAGAIN: the poller must not wait
+// TryWritev is Writev as TryWrite: what the socket takes now, in order, and the count.
+func (w *ConnWriter) TryWritev(bufs [][]byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.vec, w.n, w.err, w.noWait = bufs, 0, nil, true
+	err := w.rc.Write(w.writev)
+	w.vec, w.noWait = nil, false
+	return w.done(err)
 }
 
 // Writev writes every slice of bufs in order, like net.Buffers' WriteTo, in as few system calls
@@ -192,7 +197,7 @@ func (w *ConnWriter) writeOnce(fd uintptr) bool {
 		case err == syscall.EINTR:
 			continue
 		case err == syscall.EAGAIN:
-			return false // the poller waits for room
+			return w.noWait // else the poller waits for room
 		case err != nil:
 			w.err = err
 			return true
@@ -215,7 +220,7 @@ func (w *ConnWriter) writevOnce(fd uintptr) bool {
 		case err == syscall.EINTR:
 			continue
 		case err == syscall.EAGAIN:
-			return false
+			return w.noWait
 		case err != nil:
 			w.err = err
 			return true

@@ -180,6 +180,43 @@ func TestConnWriterTryWriteStopsWhenFull(t *testing.T) {
 	}
 }
 
+// TryWritev is TryWrite for several slices: a full socket ends the call with part of them taken,
+// in order; a blocking Writev after it still sends the rest whole.
+func TestConnWriterTryWritevStopsWhenFull(t *testing.T) {
+	c, s := tcpPair(t)
+	cc := &counting{Conn: c}
+	w := NewConnWriter(cc)
+	payload := make([]byte, 64<<20)
+	rand.Read(payload)
+	var bufs [][]byte
+	for p := payload; len(p) > 0; p = p[min(len(p), 1<<20):] {
+		bufs = append(bufs, p[:min(len(p), 1<<20)])
+	}
+	done := make(chan struct{})
+	var n int
+	var err error
+	go func() {
+		defer close(done)
+		n, err = w.TryWritev(bufs)
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("TryWritev waited for a reader that reads nothing")
+	}
+	if err != nil || n == 0 || n >= len(payload) || cc.n != n {
+		t.Fatalf("TryWritev = %d, %v (counted %d); want part of %d bytes and no error", n, err, cc.n, len(payload))
+	}
+	go func() {
+		w.Writev([][]byte{payload[n:]})
+		c.CloseWrite()
+	}()
+	got, err := io.ReadAll(s)
+	if err != nil || !bytes.Equal(got, payload) {
+		t.Fatalf("the reader got %d bytes (%v), want the %d written, in order", len(got), err, len(payload))
+	}
+}
+
 // Bytes arrive whole and in order through the poller's waits, counted once; then io.EOF.
 func TestConnReaderReadsToEOF(t *testing.T) {
 	c, s := tcpPair(t)

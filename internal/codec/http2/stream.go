@@ -303,6 +303,24 @@ func (s *ServerStream) WriteData(p []byte, end bool) error {
 	}
 }
 
+// TryWriteData writes p as DATA now, on the caller's goroutine, if that needs no wait: the
+// stream's and the connection's windows hold all of it, no other write is queued or under way,
+// and the socket is a plain TCP one. For a caller that must not block (the tunnel engine passing
+// an upstream's bytes to an HTTP/2 client): it reports whether p was taken, and when not, nothing
+// was sent and WriteData is the way. A socket too full for all of the frames takes what it can,
+// and a goroutine of the connection's sends the rest before anything else (p is copied for it).
+// Never END_STREAM: that goes through WriteData.
+func (s *ServerStream) TryWriteData(p []byte) bool {
+	if len(p) == 0 || len(p) > maxTryData || !s.wmu.TryLock() {
+		return false
+	}
+	defer s.wmu.Unlock()
+	c := s.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.tryWriteDataLocked(s, p)
+}
+
 // maxDataChunk bounds one WriteData hand-off to the writer, so a stream with a large window
 // cannot hold the writer while other streams' frames wait.
 const maxDataChunk = 64 << 10

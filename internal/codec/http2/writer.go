@@ -1,6 +1,7 @@
 package http2
 
 import (
+	"github.com/switchyard-proxy/switchyard/buffer"
 	"net"
 
 	h2 "golang.org/x/net/http2"
@@ -202,8 +203,25 @@ type vectored struct {
 // writeDataVectored frames p (at most maxDataChunk) as DATA no larger than maxFrame and writes the
 // frames at once: a 64 KiB message in one syscall instead of one per frame.
 func (c *ServerConn) writeDataVectored(id uint32, p []byte, end bool, maxFrame int) error {
+	bufs, rest := c.dataFrameVec(id, p, end, maxFrame)
+	if len(rest) > 0 {
+		return c.writeDataFrames(id, p, end, maxFrame) // cannot happen: p is at most maxDataChunk
+	}
 	v := &c.vec
-	bufs := v.bufs[:0]
+	if err := v.deadline.Extend(v.w); err != nil {
+		return err
+	}
+	_, err := v.sock.Writev(bufs)
+	clear(v.bufs[:])
+	return err
+}
+
+// dataFrameVec lays p out as DATA frames no larger than maxFrame in c.vec: their headers and p's
+// slices, for one writev. What does not fit c.vec (more than maxDataChunk) is returned, unframed.
+// The caller holds c.writing.
+func (c *ServerConn) dataFrameVec(id uint32, p []byte, end bool, maxFrame int) (bufs [][]byte, rest []byte) {
+	v := &c.vec
+	bufs = v.bufs[:0]
 	for i := 0; len(p) > 0 && i < len(v.hdrs); i++ {
 		n := min(len(p), maxFrame)
 		h := &v.hdrs[i]
@@ -217,15 +235,82 @@ func (c *ServerConn) writeDataVectored(id uint32, p []byte, end bool, maxFrame i
 		p = p[n:]
 		c.dataFramesSent.Add(1)
 	}
-	if len(p) > 0 {
-		return c.writeDataFrames(id, p, end, maxFrame) // cannot happen: p is at most maxDataChunk
+	return bufs, p
+}
+
+// maxTryData bounds TryWriteData's payload, so that what a full socket leaves of its frames fits
+// a big slab.
+const maxTryData = 32 << 10
+
+// tryWriteDataLocked is ServerStream.TryWriteData's work, with c.mu held (and released while the
+// frames are written).
+func (c *ServerConn) tryWriteDataLocked(s *ServerStream, p []byte) bool {
+	n := int64(len(p))
+	if s.writableLocked() != nil || n > s.sendWin || n > c.sendWin || !c.canWriteDirectLocked() || c.vec.w == nil {
+		return false
 	}
-	if err := v.deadline.Extend(v.w); err != nil {
-		return err
+	c.writing = true
+	if c.bw.Buffered() > 0 { // only after a failed write: let the writer sort it out
+		c.writing = false
+		c.kickWriterLocked()
+		return false
 	}
-	_, err := v.sock.Writev(bufs)
-	clear(v.bufs[:])
-	return err
+	s.sendWin -= n
+	c.sendWin -= n
+	maxFrame := int(c.peerMaxFrame)
+	c.mu.Unlock()
+	bufs, _ := c.dataFrameVec(s.id, p, false, maxFrame)
+	total := len(p) + (len(bufs)/2)*frameHeaderLen
+	sent, err := c.vec.sock.TryWritev(bufs)
+	clear(c.vec.bufs[:])
+	if err == nil && sent < total {
+		// The socket took part of the frames. The rest must go before anything else, and the
+		// caller cannot wait: a goroutine of its own writes it, holding c.writing meanwhile.
+		c.finishDataLater(p, len(bufs)/2, maxFrame, sent)
+		c.mu.Lock()
+		return true
+	}
+	c.mu.Lock()
+	c.writing = false
+	if err != nil {
+		c.abortLocked(err)
+		return true // the connection is going: the stream's end tells the caller
+	}
+	c.kickWriterLocked() // for frames queued meanwhile
+	return true
+}
+
+// finishDataLater writes what the socket did not take of the frames dataFrameVec laid out for p
+// (the first sent bytes went), on a goroutine that holds c.writing until they are out. The bytes
+// are copied, as p is the caller's.
+func (c *ServerConn) finishDataLater(p []byte, frames, maxFrame, sent int) {
+	slab := buffer.GetBigSlab()
+	rest := (*slab)[:0]
+	for i := range frames {
+		n := min(len(p), maxFrame)
+		for _, seg := range [2][]byte{c.vec.hdrs[i][:], p[:n]} {
+			skip := min(sent, len(seg))
+			sent -= skip
+			rest = append(rest, seg[skip:]...)
+		}
+		p = p[n:]
+	}
+	workers.Go(func() {
+		v := &c.vec
+		err := v.deadline.Extend(v.w)
+		if err == nil {
+			_, err = v.sock.Write(rest)
+		}
+		buffer.PutSlab(slab)
+		c.mu.Lock()
+		c.writing = false
+		if err != nil {
+			c.abortLocked(err)
+		} else {
+			c.kickWriterLocked()
+		}
+		c.mu.Unlock()
+	})
 }
 
 // writeDataFrames frames p as DATA no larger than maxFrame. The caller holds c.writing.
