@@ -20,6 +20,9 @@ import (
 type h2Conn struct {
 	t  *testing.T
 	nc net.Conn
+	// hold pauses the reader between frames while the test holds it (a client that stops
+	// reading: its socket and its windows fill up).
+	hold sync.Mutex
 
 	wmu    sync.Mutex // serialises frame writes (the test and the reader's acks)
 	fr     *http2.Framer
@@ -44,8 +47,8 @@ type h2Seen struct {
 	rst  *http2.ErrCode
 }
 
-// dialH2 connects with prior knowledge and sends the preface and an empty SETTINGS.
-func dialH2(t *testing.T, addr string) *h2Conn {
+// dialH2 connects with prior knowledge and sends the preface and SETTINGS (empty, or these).
+func dialH2(t *testing.T, addr string, settings ...http2.Setting) *h2Conn {
 	t.Helper()
 	nc, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
@@ -60,7 +63,7 @@ func dialH2(t *testing.T, addr string) *h2Conn {
 	if _, err := nc.Write([]byte(http2.ClientPreface)); err != nil {
 		t.Fatal(err)
 	}
-	c.write(func() error { return c.fr.WriteSettings() })
+	c.write(func() error { return c.fr.WriteSettings(settings...) })
 	go c.readLoop()
 	return c
 }
@@ -68,7 +71,9 @@ func dialH2(t *testing.T, addr string) *h2Conn {
 func (c *h2Conn) write(f func() error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	c.nc.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	// Generous: under the race detector a load test's thousand readers can keep this goroutine
+	// off the CPU for seconds, and a deadline that passes before the write starts fails it.
+	c.nc.SetWriteDeadline(time.Now().Add(30 * time.Second))
 	if err := f(); err != nil {
 		c.t.Errorf("h2 client write: %v", err)
 	}
@@ -91,6 +96,8 @@ func (c *h2Conn) stream(id uint32) *h2Seen {
 
 func (c *h2Conn) readLoop() {
 	for {
+		c.hold.Lock()
+		c.hold.Unlock() //lint:ignore SA2001 a gate: wait while the test holds it
 		f, err := c.fr.ReadFrame()
 		if err != nil {
 			c.mu.Lock()

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/net/http2"
+
 	"github.com/switchyard-proxy/switchyard/internal/testing/harness"
 )
 
@@ -174,9 +176,9 @@ func TestLoadIdleH2Tunnels(t *testing.T) {
 
 	m := measureIdle(t, []*harness.Proxy{p}, n, "idle HTTP/2 tunnels", open)
 	perTunnel, kb := m.perTunnel, m.kb
-	// The connection's reader, and the stream's goroutine running the router's reader of the
-	// upstream; the connection's writer and the stream's pump of client bytes run only while there
-	// is something to write or to pass on.
+	// The connection's reader, and the stream's goroutine, where the router waits for the end of
+	// the tunnel while the engine reads the upstream; the connection's writer and the stream's
+	// pump of client bytes run only while there is something to write or to pass on.
 	if perTunnel > 2.1 {
 		t.Errorf("%.2f goroutines per idle HTTP/2 tunnel, want at most 2", perTunnel)
 	}
@@ -254,61 +256,23 @@ func TestLoadIdleTwoHopTunnels(t *testing.T) {
 func TestLoadSlowReaders(t *testing.T) {
 	loadSkipShort(t)
 	n := loadEnv(t, "SWITCHYARD_SLOW_TUNNELS", 1000)
-	perTunnel := loadEnv(t, "SWITCHYARD_SLOW_MIB", 1) << 20
-	const chunk, limit = 16 << 10, 64 << 10
-	payload := make([]byte, perTunnel)
-	rand.Read(payload)
-
-	var written atomic.Int64
-	var ups keptEnds
-	var writers sync.WaitGroup
-	up := newLoadUpstream(t, "websocket", func(path string, e *loadEnd) {
-		e.c.SetWriteBuffer(chunk)
-		ups.keep(path, e)
-		writers.Add(1)
-		go func() {
-			defer writers.Done()
-			for off := 0; off < perTunnel; off += chunk {
-				k, err := e.Write(payload[off : off+chunk])
-				written.Add(int64(k))
-				if err != nil {
-					return
-				}
-			}
-			e.CloseWrite()
-		}()
-	})
-	p := harness.StartNoRace(t, harness.Config{UpstreamPort: up.port(), HCM: upgHCMws, Cluster: loadCluster, BufferLimit: limit}.YAML(), "-l", "info")
+	l := newSlowReaderLoad(t, loadEnv(t, "SWITCHYARD_SLOW_MIB", 1)<<20)
+	close(l.write) // at once: an idle HTTP/1.1 tunnel costs next to nothing
+	p := harness.StartNoRace(t, harness.Config{UpstreamPort: l.up.port(), HCM: upgHCMws, Cluster: loadCluster, BufferLimit: slowLimit}.YAML(), "-l", "info")
 	clients := make([]*loadEnd, n)
 	t.Cleanup(func() {
 		loadCloseAll(clients)
-		ups.closeAll()
+		l.ups.closeAll()
 	})
 
 	rss0 := p.RSS()
 	start := time.Now()
-	loadOpen(t, p, up, clients, 0, n, func(int) string { return upgWSReq("/slow") }, 16<<10)
+	loadOpen(t, p, l.up, clients, 0, n, func(int) string { return upgWSReq("/slow") }, 16<<10)
 	t.Logf("opened %d tunnels in %v", n, time.Since(start).Round(time.Millisecond))
-
-	// Nobody reads for 2 s; the proxy's memory is sampled all along.
-	peak := p.RSS()
-	for end := time.Now().Add(2 * time.Second); time.Now().Before(end); {
-		time.Sleep(100 * time.Millisecond)
-		peak = max(peak, p.RSS())
-	}
-	stalled := written.Load()
-	growth := peak - rss0
-	bound := int64(n)*limit + 32<<20
-	t.Logf("%d slow readers: %d of %d MiB written while nobody read; proxy RSS %d → %d MiB peak: %.1f KiB per tunnel (bound %d MiB)",
-		n, stalled>>20, int64(n*perTunnel)>>20, rss0>>20, peak>>20, float64(growth)/1024/float64(n), bound>>20)
-	if growth >= bound {
-		t.Errorf("proxy RSS grew by %d MiB for %d stalled tunnels, want under %d MiB", growth>>20, n, bound>>20)
-	}
-	if stalled < 2*bound {
-		t.Errorf("only %d MiB went into the proxy while nobody read: too little to tell buffering from not", stalled>>20)
-	}
+	l.stall(t, p, n, rss0)
 
 	start = time.Now()
+	perTunnel := len(l.payload)
 	if err := loadParallel(n, n, func(i int) error {
 		c := clients[i]
 		c.c.SetReadDeadline(time.Now().Add(30 * time.Second))
@@ -316,7 +280,7 @@ func TestLoadSlowReaders(t *testing.T) {
 		off := 0
 		for {
 			k, err := c.Read(buf)
-			if off+k > perTunnel || !bytes.Equal(buf[:k], payload[off:off+k]) {
+			if off+k > perTunnel || !bytes.Equal(buf[:k], l.payload[off:off+k]) {
 				return fmt.Errorf("bytes %d to %d differ from what the upstream sent", off, off+k)
 			}
 			off += k
@@ -335,7 +299,131 @@ func TestLoadSlowReaders(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("the clients read %d MiB in %v", int64(n*perTunnel)>>20, time.Since(start).Round(time.Millisecond))
-	writers.Wait()
+	l.writers.Wait()
 	loadCloseAll(clients)
 	upgEnd(t, p)
+}
+
+// TestLoadSlowReadersH2 is TestLoadSlowReaders with WebSockets over HTTP/2 (1000, or
+// SWITCHYARD_SLOW_H2_TUNNELS, one per connection, 512 KiB each): the client's stream windows
+// (256 KiB) run out while it reads nothing, so the proxy holds the upstream's bytes back itself —
+// the engine stops reading a tunnel's upstream while what it read last waits for the window — and
+// its memory still grows by less than the buffer limit per tunnel. Then every byte arrives in
+// order, and each stream ends.
+func TestLoadSlowReadersH2(t *testing.T) {
+	loadSkipShort(t)
+	n := loadEnv(t, "SWITCHYARD_SLOW_H2_TUNNELS", 1000)
+	l := newSlowReaderLoad(t, 512<<10)
+	hcm := "codec_type: AUTO\nhttp2_protocol_options: {allow_connect: true}\n" + upgHCMws
+	p := harness.StartNoRace(t, harness.Config{UpstreamPort: l.up.port(), HCM: hcm, Cluster: loadCluster, BufferLimit: slowLimit}.YAML(), "-l", "info")
+	clients := make([]*h2Conn, n)
+	ids := make([]uint32, n)
+	t.Cleanup(func() {
+		for _, c := range clients {
+			if c != nil {
+				c.close()
+			}
+		}
+		l.ups.closeAll()
+	})
+
+	rss0 := p.RSS()
+	start := time.Now()
+	for i := range clients {
+		c := dialH2(t, p.Addr(""), http2.Setting{ID: http2.SettingInitialWindowSize, Val: 256 << 10})
+		c.write(func() error { return c.fr.WriteWindowUpdate(0, 1<<30) })
+		clients[i] = c
+		c.hold.Lock() // after the first frame it reads, it reads nothing more
+		ids[i] = c.connect("websocket", "/slow")
+	}
+	l.up.wait(t, n)
+	p.WaitStat(upgActiveStat, int64(n), loadWait)
+	time.Sleep(time.Second)
+	rss1 := p.RSS()
+	t.Logf("opened %d tunnels in %v: %.1f KiB each while idle", n, time.Since(start).Round(time.Millisecond), float64(rss1-rss0)/1024/float64(n))
+	// The upstream writes from now on: what the proxy's memory grows by is what slow readers cost.
+	close(l.write)
+	l.stall(t, p, n, rss1)
+
+	start = time.Now()
+	for _, c := range clients {
+		c.hold.Unlock()
+	}
+	for i, c := range clients {
+		var got []byte
+		c.wait(fmt.Sprintf("tunnel %d's bytes", i), 30*time.Second, func() bool {
+			s := c.stream(ids[i])
+			got = s.data.Bytes()
+			return len(got) >= len(l.payload) || s.rst != nil
+		})
+		if !bytes.Equal(got, l.payload) {
+			t.Fatalf("tunnel %d: %d bytes, not the %d the upstream sent, in order", i, len(got), len(l.payload))
+		}
+	}
+	t.Logf("the clients read %d MiB in %v", int64(n*len(l.payload))>>20, time.Since(start).Round(time.Millisecond))
+	l.writers.Wait()
+	for i, c := range clients {
+		c.wait("END_STREAM", 10*time.Second, func() bool { return c.stream(ids[i]).end })
+		c.close()
+	}
+	upgEnd(t, p)
+}
+
+// slowReaderLoad is the upstream of the slow-reader tests: it writes the payload into every
+// tunnel as fast as the proxy takes it, then half-closes.
+type slowReaderLoad struct {
+	payload []byte
+	written atomic.Int64 // bytes the upstream has written, all tunnels together
+	ups     keptEnds
+	writers sync.WaitGroup
+	up      *loadUpstream
+	write   chan struct{} // the upstream writes once it is closed
+}
+
+// The upstream's write size (and send buffer), and the proxy's per-connection buffer limit.
+const slowChunk, slowLimit = 16 << 10, 64 << 10
+
+func newSlowReaderLoad(t *testing.T, perTunnel int) *slowReaderLoad {
+	l := &slowReaderLoad{payload: make([]byte, perTunnel), write: make(chan struct{})}
+	rand.Read(l.payload)
+	l.up = newLoadUpstream(t, "websocket", func(path string, e *loadEnd) {
+		e.c.SetWriteBuffer(slowChunk)
+		l.ups.keep(path, e)
+		l.writers.Add(1)
+		go func() {
+			defer l.writers.Done()
+			<-l.write
+			for off := 0; off < perTunnel; off += slowChunk {
+				k, err := e.Write(l.payload[off : off+slowChunk])
+				l.written.Add(int64(k))
+				if err != nil {
+					return
+				}
+			}
+			e.CloseWrite()
+		}()
+	})
+	return l
+}
+
+// stall samples the proxy's memory for 2 s while nobody reads, and checks that it grew by less
+// than the buffer limit per tunnel (and 32 MiB), while more than twice that went into it.
+func (l *slowReaderLoad) stall(t *testing.T, p *harness.Proxy, n int, rss0 int64) {
+	t.Helper()
+	peak := p.RSS()
+	for end := time.Now().Add(2 * time.Second); time.Now().Before(end); {
+		time.Sleep(100 * time.Millisecond)
+		peak = max(peak, p.RSS())
+	}
+	stalled := l.written.Load()
+	growth := peak - rss0
+	bound := int64(n)*slowLimit + 32<<20
+	t.Logf("%d slow readers: %d of %d MiB written while nobody read; proxy RSS %d → %d MiB peak: %.1f KiB per tunnel (bound %d MiB)",
+		n, stalled>>20, int64(n*len(l.payload))>>20, rss0>>20, peak>>20, float64(growth)/1024/float64(n), bound>>20)
+	if growth >= bound {
+		t.Errorf("proxy RSS grew by %d MiB for %d stalled tunnels, want under %d MiB", growth>>20, n, bound>>20)
+	}
+	if stalled < 2*bound {
+		t.Errorf("only %d MiB went into the proxy while nobody read: too little to tell buffering from not", stalled>>20)
+	}
 }

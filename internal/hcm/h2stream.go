@@ -56,6 +56,15 @@ func (d *h2Stream) writeHead(h *headers.Map, status int, end, switchProto bool) 
 
 func (d *h2Stream) writeBody(p []byte) error { return d.st.WriteData(p, false) }
 
+// tryWriteBody writes p as DATA if that needs no wait (see stream.tryEncodeTunnel), all of it or
+// nothing.
+func (d *h2Stream) tryWriteBody(p []byte) int {
+	if d.ended || !d.st.TryWriteData(p) {
+		return 0
+	}
+	return len(p)
+}
+
 func (d *h2Stream) endBody() error {
 	if d.ended {
 		return nil

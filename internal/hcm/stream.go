@@ -880,19 +880,26 @@ func (s *stream) InlineTunnel(write func(p []byte) int) bool {
 }
 
 // TunnelEncoder returns a non-blocking EncodeData for this tunnel's payload (see
-// router.TunnelEncoder): for an HTTP/1.1 client, with the chain the router alone.
+// router.TunnelEncoder), when the chain is the router alone.
 func (s *stream) TunnelEncoder() func(p []byte) int {
-	d, ok := s.down.(*h1Stream)
+	d, ok := s.down.(tryBodyWriter)
 	if !ok || len(s.filters) != 1 {
 		return nil
 	}
 	return func(p []byte) int { return s.tryEncodeTunnel(d, p) }
 }
 
+// tryBodyWriter is a downstream that can write tunnel payload without waiting: what it takes now
+// (HTTP/1.1: what the socket takes; HTTP/2: all or nothing, as the windows and the connection's
+// other writes allow). Called with the stream's encMu held.
+type tryBodyWriter interface {
+	tryWriteBody(p []byte) int
+}
+
 // tryEncodeTunnel writes what the client's socket takes now and counts it as EncodeData would.
 // It takes nothing (0) whenever EncodeData would do more than write: the tunnel is not open or
 // is over, a drain is closing it, or a write is under way (the caller then queues, behind it).
-func (s *stream) tryEncodeTunnel(d *h1Stream, p []byte) int {
+func (s *stream) tryEncodeTunnel(d tryBodyWriter, p []byte) int {
 	if s.goAway.Load() || !s.encMu.TryLock() {
 		return 0
 	}

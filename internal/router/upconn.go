@@ -55,8 +55,9 @@ type h1Upstream struct {
 	body    *http1.BodyReader
 	conn    net.Conn // set when the tunnel opens
 	raw     *tunnel.SlabReader
-	stop    atomic.Bool        // close was called: the tunnel's Stream of conn ends
-	w       *rawsys.ConnWriter // conn's socket, made at the first tunnel write; nil: write to conn
+	stop    atomic.Bool                   // close was called: the tunnel's Stream of conn ends
+	reader  atomic.Pointer[tunnel.Reader] // the engine reads conn (readUpstreamOnEngine)
+	w       *rawsys.ConnWriter            // conn's socket, made at the first tunnel write; nil: write to conn
 	wTried  bool
 	early   []byte // bytes that came with the 101
 	accept  string // the Sec-WebSocket-Accept we expect, when we made the key up
@@ -217,6 +218,9 @@ func (u *h1Upstream) close() {
 		// The tunnel's pump may be inside Stream, holding the socket: Close would wait for it,
 		// and the pump may be waiting for the caller. Stop it, and close beside it.
 		u.stop.Store(true)
+		if rd := u.reader.Load(); rd != nil {
+			rd.Abort(nil)
+		}
 		go u.conn.Close()
 		return
 	}

@@ -15,6 +15,8 @@ import (
 	"github.com/switchyard-proxy/switchyard/internal/codec/http2/client"
 	"github.com/switchyard-proxy/switchyard/internal/config"
 	"github.com/switchyard-proxy/switchyard/internal/rawsys"
+	"github.com/switchyard-proxy/switchyard/internal/tunnel"
+	"github.com/switchyard-proxy/switchyard/internal/workers"
 )
 
 // failure kinds a retry policy can name.
@@ -448,9 +450,10 @@ func (r *routerFilter) tunnel(att *attempt, resp *upResponse) {
 	if r.handOff(att) {
 		return
 	}
+	inline := false // an HTTP/2 client's bytes go straight to the upstream's socket
 	if u, ok := up.(*h1Upstream); ok && u.conn != nil && rawsys.Socket(u.conn) != nil {
 		if taker, ok := r.info.(InlineTaker); ok {
-			taker.InlineTunnel(r.tryTunnelWrite) // only a plain socket can take a try-write
+			inline = taker.InlineTunnel(r.tryTunnelWrite) // only a plain socket can take a try-write
 		}
 	}
 	if u, ok := up.(*h2Upstream); ok {
@@ -469,6 +472,9 @@ func (r *routerFilter) tunnel(att *attempt, resp *upResponse) {
 			b.SetBytes(u.early)
 			r.cb.EncodeData(&b, false)
 			u.early = nil
+		}
+		if inline && r.readUpstreamOnEngine(u) {
+			return
 		}
 		err := u.raw.Stream(&u.stop, func(p []byte) bool {
 			b.SetBytes(p)
@@ -492,6 +498,82 @@ func (r *routerFilter) tunnel(att *attempt, resp *upResponse) {
 		buffer.PutSlab(slab)
 	}
 }
+
+// Reading an HTTP/1.1 upstream on the tunnel engine. When the client is an HTTP/2 stream whose
+// bytes go straight to the upstream's socket (InlineTunnel), the other way needs no goroutine
+// either: the engine reads the upstream's socket (a tunnel.Reader) and passes what it reads to the
+// stream's TunnelEncoder, which writes it as DATA on the engine's goroutine when nothing has to
+// wait. No goroutine wakes per upstream message, and the engine's reads of many tunnels go to the
+// kernel in one io_uring batch. What the encoder cannot take now (a window or the client's socket
+// is full, a drain is closing the tunnel) goes through EncodeData on a goroutine of its own while
+// the engine reads nothing more from that upstream: the tunnel holds at most one read's bytes
+// beyond the stream's limits. The router's goroutine waits for the end.
+
+// engineRead is one upstream read by the engine.
+type engineRead struct {
+	r       *routerFilter
+	write   func(p []byte) int // the stream's TunnelEncoder
+	rd      *tunnel.Reader
+	started chan struct{} // closed once rd is set
+	done    chan error
+}
+
+// readUpstreamOnEngine carries the upstream side of the tunnel on the engine until it ends, and
+// passes the end on. It reports false, having done nothing, when the engine cannot take it.
+func (r *routerFilter) readUpstreamOnEngine(u *h1Upstream) bool {
+	enc, ok := r.info.(TunnelEncoder)
+	if !ok || !tunnel.Pluggable(u.conn) {
+		return false
+	}
+	write := enc.TunnelEncoder()
+	if write == nil {
+		return false
+	}
+	er := &engineRead{r: r, write: write, started: make(chan struct{}), done: make(chan error, 1)}
+	rd, err := tunnel.DefaultEngine().StartReader(tunnel.ReaderOptions{Conn: u.conn, Deliver: er.deliver, Done: er.end})
+	if err != nil {
+		return false
+	}
+	er.rd = rd
+	close(er.started)
+	u.reader.Store(rd)
+	if u.stop.Load() {
+		rd.Abort(nil) // close came first, and found no reader to stop
+	}
+	stop := context.AfterFunc(r.cb.Context(), func() { rd.Abort(nil) })
+	why := <-er.done
+	stop()
+	if why == nil {
+		why = io.EOF
+	}
+	r.upstreamEnded(why)
+	return true
+}
+
+// deliver passes what the engine read to the client: at once if the encoder takes it, else
+// through EncodeData on a goroutine, with the reads paused until that is done.
+func (er *engineRead) deliver(p []byte) bool {
+	n := er.write(p)
+	if n == len(p) {
+		return true
+	}
+	slab := buffer.GetSlab() // p is one engine read: at most a slab
+	rest := (*slab)[:copy(*slab, p[n:])]
+	er.r.wg.Add(1) // OnDestroy waits for it
+	workers.Go(func() {
+		defer er.r.wg.Done()
+		var b buffer.Buffer
+		b.SetBytes(rest)
+		er.r.cb.EncodeData(&b, false)
+		buffer.PutSlab(slab)
+		<-er.started
+		er.rd.Resume()
+	})
+	return false
+}
+
+// end is the engine's Done.
+func (er *engineRead) end(why error) { er.done <- why }
 
 // upstreamEnded passes on the end of a tunnel's upstream side: END_STREAM (or the FIN) after
 // io.EOF, else a reset, unless the stream is already over.

@@ -263,6 +263,16 @@ func (c *ServerConn) tryWriteDataLocked(s *ServerStream, p []byte) bool {
 	total := len(p) + (len(bufs)/2)*frameHeaderLen
 	sent, err := c.vec.sock.TryWritev(bufs)
 	clear(c.vec.bufs[:])
+	if err == nil && sent == 0 {
+		// The socket is full: nothing went, so nothing was taken.
+		c.dataFramesSent.Add(-int64(len(bufs) / 2))
+		c.mu.Lock()
+		s.sendWin += n
+		c.sendWin += n
+		c.writing = false
+		c.kickWriterLocked()
+		return false
+	}
 	if err == nil && sent < total {
 		// The socket took part of the frames. The rest must go before anything else, and the
 		// caller cannot wait: a goroutine of its own writes it, holding c.writing meanwhile.
@@ -284,7 +294,12 @@ func (c *ServerConn) tryWriteDataLocked(s *ServerStream, p []byte) bool {
 // (the first sent bytes went), on a goroutine that holds c.writing until they are out. The bytes
 // are copied, as p is the caller's.
 func (c *ServerConn) finishDataLater(p []byte, frames, maxFrame, sent int) {
-	slab := buffer.GetBigSlab()
+	left := len(p) + frames*frameHeaderLen - sent
+	slab := buffer.GetSlab()
+	if left > len(*slab) {
+		buffer.PutSlab(slab)
+		slab = buffer.GetBigSlab()
+	}
 	rest := (*slab)[:0]
 	for i := range frames {
 		n := min(len(p), maxFrame)
