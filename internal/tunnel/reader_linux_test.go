@@ -210,3 +210,37 @@ func TestEngineManyReaders(t *testing.T) {
 		}
 	})
 }
+
+// A loop with a Reader waits in Go's poller, never in epoll_wait itself: the Reader's socket is
+// in both sets, and a blocked loop would be a second thread woken for each of its messages. A
+// tunnel alone on a loop blocks (one switch); with a Reader beside it, it does not.
+func TestEngineReaderKeepsLoopInPoller(t *testing.T) {
+	e := newEngine(1, true)
+	er := startReader(t, e, 0)
+	et := startEngineTunnel(t, e, Options{})
+	for i := range 3 {
+		msg := fmt.Sprint("message ", i)
+		er.peer.Write([]byte(msg))
+		et.client.Write([]byte(msg))
+		if got := readN(t, et.server, len(msg)); string(got) != msg {
+			t.Fatalf("tunnel carried %q", got)
+		}
+	}
+	er.waitDelivered(t, []byte("message 0message 1message 2"))
+	if n := e.loops[0].switches.Load(); n != 0 {
+		t.Fatalf("the loop changed how it waits %d times with a Reader in it, want 0 (the poller throughout)", n)
+	}
+	er.peer.Close()
+	if why := er.waitDone(t); why != nil {
+		t.Fatal(why)
+	}
+	// The tunnel alone now: the loop goes back to blocking in epoll_wait.
+	deadline := time.Now().Add(5 * time.Second)
+	for e.loops[0].switches.Load() == 0 {
+		et.client.Write([]byte("x"))
+		readN(t, et.server, 1)
+		if time.Now().After(deadline) {
+			t.Fatal("the loop never went back to epoll_wait once the Reader was gone")
+		}
+	}
+}
