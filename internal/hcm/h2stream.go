@@ -65,6 +65,36 @@ func (d *h2Stream) tryWriteBody(p []byte) int {
 	return len(p)
 }
 
+// Begin is the tunnel engine asking to send n upstream bytes as one DATA frame in its batch (see
+// tunnel.Sender): it holds the stream's encoder (lockTunnelEncode) and the connection's socket
+// (http2.ServerStream.BeginData) until End.
+func (d *h2Stream) Begin(buf []byte, n int) (fd, start int, ok bool) {
+	s := d.s
+	if d.ended || !s.lockTunnelEncode() {
+		return -1, 0, false
+	}
+	start = tunnel.SendHeadroom - h2FrameHeader
+	if fd, ok = d.st.BeginData(n, buf[start:tunnel.SendHeadroom]); !ok {
+		s.encMu.Unlock()
+		return -1, 0, false
+	}
+	return fd, start, true
+}
+
+// End settles the engine's send that Begin prepared.
+func (d *h2Stream) End(out []byte, res int32) bool {
+	taken := d.st.EndData(out, res)
+	var written []byte
+	if taken {
+		written = out[h2FrameHeader:]
+	}
+	d.s.unlockTunnelEncode(written)
+	return taken
+}
+
+// h2FrameHeader is an HTTP/2 frame header's size.
+const h2FrameHeader = 9
+
 func (d *h2Stream) endBody() error {
 	if d.ended {
 		return nil

@@ -889,6 +889,17 @@ func (s *stream) TunnelEncoder() func(p []byte) int {
 	return func(p []byte) int { return s.tryEncodeTunnel(d, p) }
 }
 
+// TunnelSender returns the stream's side of the tunnel engine's sends of upstream bytes as DATA
+// (see tunnel.Sender), when the client is an HTTP/2 stream and the chain the router alone; else
+// nil.
+func (s *stream) TunnelSender() tunnel.Sender {
+	d, ok := s.down.(*h2Stream)
+	if !ok || len(s.filters) != 1 {
+		return nil
+	}
+	return d
+}
+
 // tryBodyWriter is a downstream that can write tunnel payload without waiting: what it takes now
 // (HTTP/1.1: what the socket takes; HTTP/2: all or nothing, as the windows and the connection's
 // other writes allow). Called with the stream's encMu held.
@@ -897,27 +908,43 @@ type tryBodyWriter interface {
 }
 
 // tryEncodeTunnel writes what the client's socket takes now and counts it as EncodeData would.
-// It takes nothing (0) whenever EncodeData would do more than write: the tunnel is not open or
-// is over, a drain is closing it, or a write is under way (the caller then queues, behind it).
+// It takes nothing (0) whenever EncodeData would do more than write (see lockTunnelEncode): the
+// caller then queues, behind it.
 func (s *stream) tryEncodeTunnel(d tryBodyWriter, p []byte) int {
-	if s.goAway.Load() || !s.encMu.TryLock() {
-		return 0
-	}
-	if s.closeSent || s.respEnded || s.wasReset.Load() || !s.tunnelOpen.Load() {
-		s.encMu.Unlock()
+	if !s.lockTunnelEncode() {
 		return 0
 	}
 	n := d.tryWriteBody(p)
-	if n > 0 {
+	s.unlockTunnelEncode(p[:n])
+	return n
+}
+
+// lockTunnelEncode takes encMu for a tunnel write that must not wait, when EncodeData would do no
+// more than write: the tunnel is open and not over, no drain is closing it, and no write is under
+// way. It reports whether it did.
+func (s *stream) lockTunnelEncode() bool {
+	if s.goAway.Load() || !s.encMu.TryLock() {
+		return false
+	}
+	if s.closeSent || s.respEnded || s.wasReset.Load() || !s.tunnelOpen.Load() {
+		s.encMu.Unlock()
+		return false
+	}
+	return true
+}
+
+// unlockTunnelEncode counts the payload written (as EncodeData would) and lets encMu go.
+func (s *stream) unlockTunnelEncode(written []byte) {
+	if n := len(written); n > 0 {
 		s.upStats.BytesDown.Add(uint64(n))
 		s.touch()
 		if s.upgrade == "websocket" {
-			s.wsDown.Feed(p[:n])
+			s.wsDown.Feed(written)
 		}
 	}
 	// A drain deadline that found this write under way left the Close to it (see goingAway). The
-	// Close may have to wait for room, which the HTTP/2 reader must not: it goes on a goroutine
-	// of its own, as the deadline's timer would have sent it.
+	// Close may have to wait for room, which the caller must not: it goes on a goroutine of its
+	// own, as the deadline's timer would have sent it.
 	closeNow := s.goAway.Load() && !s.closeSent
 	s.encMu.Unlock()
 	if closeNow {
@@ -927,7 +954,6 @@ func (s *stream) tryEncodeTunnel(d tryBodyWriter, p []byte) int {
 			s.closeTowardClientLocked()
 		}()
 	}
-	return n
 }
 
 // errStreamEnded aborts an engine tunnel whose stream was reset or timed out.

@@ -178,6 +178,14 @@ func (w *ConnWriter) Writev(bufs [][]byte) (int, error) {
 	return w.done(err)
 }
 
+// Count reports n bytes written to the socket another way (the tunnel engine's sends) to the
+// connection's CountWrite, as if this writer had written them.
+func (w *ConnWriter) Count(n int) {
+	if w.counter != nil && n > 0 {
+		w.counter.CountWrite(n)
+	}
+}
+
 func (w *ConnWriter) done(err error) (int, error) {
 	n := w.n
 	w.p = nil

@@ -105,3 +105,12 @@ func Close(fd int) error {
 	}
 	return nil
 }
+
+// Dup duplicates fd (close-on-exec). Raw: it never blocks.
+func Dup(fd int) (int, error) {
+	r, _, e := syscall.RawSyscall(syscall.SYS_FCNTL, uintptr(fd), syscall.F_DUPFD_CLOEXEC, 0)
+	if e != 0 {
+		return -1, e
+	}
+	return int(r), nil
+}

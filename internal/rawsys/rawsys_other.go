@@ -53,3 +53,6 @@ func Close(fd int) error { return syscall.Close(fd) }
 
 // StartConnect does nothing here: the dialer connects as usual (see connect_linux.go).
 func StartConnect(network, address string, c syscall.RawConn) error { return nil }
+
+// Dup duplicates fd.
+func Dup(fd int) (int, error) { return syscall.Dup(fd) }

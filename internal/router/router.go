@@ -77,6 +77,12 @@ type TunnelEncoder interface {
 	TunnelEncoder() func(p []byte) int
 }
 
+// TunnelSender is implemented by a stream whose client the tunnel engine can send to itself, in
+// its io_uring batches (see tunnel.Sender); TunnelSender returns nil when it cannot.
+type TunnelSender interface {
+	TunnelSender() tunnel.Sender
+}
+
 // AccountHolder is implemented by a stream whose buffered bytes are accounted for the overload
 // action reset_high_memory_stream; the router charges the request bytes it holds (queued for the
 // upstream, kept for a retry) to its account.

@@ -530,7 +530,11 @@ func (r *routerFilter) readUpstreamOnEngine(u *h1Upstream) bool {
 		return false
 	}
 	er := &engineRead{r: r, write: write, started: make(chan struct{}), done: make(chan error, 1)}
-	rd, err := tunnel.DefaultEngine().StartReader(tunnel.ReaderOptions{Conn: u.conn, Deliver: er.deliver, Done: er.end})
+	opt := tunnel.ReaderOptions{Conn: u.conn, Deliver: er.deliver, Done: er.end}
+	if ts, ok := r.info.(TunnelSender); ok {
+		opt.Sender = ts.TunnelSender()
+	}
+	rd, err := tunnel.DefaultEngine().StartReader(opt)
 	if err != nil {
 		return false
 	}

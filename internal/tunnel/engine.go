@@ -32,4 +32,24 @@ type ReaderOptions struct {
 	// Done is called once, on the engine's goroutine, when the socket said EOF (nil), a read
 	// failed, or Abort was called (why). No Deliver follows it.
 	Done func(why error)
+	// Sender, if set, lets the engine send what it read in its io_uring batches, where it reads
+	// many sockets at once, instead of calling Deliver for each (one system call fewer per read).
+	Sender Sender
 }
+
+// Sender frames and sends a Reader's bytes through the engine (ReaderOptions.Sender). Both
+// methods run on the engine's goroutine and must not block.
+type Sender interface {
+	// Begin is offered n bytes read into buf[SendHeadroom:SendHeadroom+n]. It may write framing
+	// into the SendHeadroom bytes before them, and returns the socket to send on and where in buf
+	// the bytes to send start (they end with the payload). ok false: Deliver gets the bytes.
+	Begin(buf []byte, n int) (fd, start int, ok bool)
+	// End settles the send of out (what Begin laid out): res is the bytes sent or -errno. It
+	// reports whether the payload was taken; if not (nothing went), Deliver gets it. What went
+	// in part is the Sender's to finish.
+	End(out []byte, res int32) (taken bool)
+}
+
+// SendHeadroom is the room a Sender has for framing before the bytes read: an HTTP/2 frame
+// header.
+const SendHeadroom = 9

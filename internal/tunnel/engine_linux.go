@@ -96,13 +96,13 @@ type Tunnel struct {
 	ba    direction // B → A
 	moved func(toB bool, n int)
 	done  func(why error)
-	// deliver is a Reader's destination: ab's bytes go to it instead of a socket (ba is unused).
-	deliver func(p []byte) bool
-	gone    atomic.Bool // over, as seen from other goroutines
-	ended   uint8       // directions that have ended
-	splice  bool
-	goAway  bool
-	over    bool
+	// reader is a Reader's destination: ab's bytes go to it instead of a socket (ba is unused).
+	reader *readerDest
+	gone   atomic.Bool // over, as seen from other goroutines
+	ended  uint8       // directions that have ended
+	splice bool
+	goAway bool
+	over   bool
 }
 
 // direction is one way of a tunnel: bytes read from src are written to dst. src is the
@@ -171,6 +171,12 @@ func (e *Engine) Start(opt Options) (*Tunnel, error) {
 	return t, nil
 }
 
+// readerDest is where a Reader's bytes go.
+type readerDest struct {
+	deliver func(p []byte) bool
+	sender  Sender
+}
+
 // Reader is a socket the engine reads for a destination that is not a socket (see StartReader).
 type Reader struct{ t *Tunnel }
 
@@ -188,7 +194,8 @@ func (e *Engine) StartReader(opt ReaderOptions) (*Reader, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &Tunnel{loop: e.loops[int(e.next.Add(1))%len(e.loops)], done: opt.Done, deliver: opt.Deliver}
+	t := &Tunnel{loop: e.loops[int(e.next.Add(1))%len(e.loops)], done: opt.Done,
+		reader: &readerDest{deliver: opt.Deliver, sender: opt.Sender}}
 	t.ab = direction{t: t, peer: &t.ba, src: fd, dst: -1}
 	t.ba = direction{t: t, peer: &t.ab, src: -1, dst: fd, ended: true}
 	t.ended = 1
@@ -235,12 +242,7 @@ func dupSocket(c *net.TCPConn) (int, error) {
 	nfd, derr := -1, error(nil)
 	if err := rc.Control(func(fd uintptr) {
 		// Raw: it never blocks, and an announced system call wakes sysmon (see rawsys).
-		r, _, e := syscall.RawSyscall(syscall.SYS_FCNTL, fd, syscall.F_DUPFD_CLOEXEC, 0)
-		if e != 0 {
-			derr = e
-			return
-		}
-		nfd = int(r)
+		nfd, derr = rawsys.Dup(int(fd))
 	}); err != nil {
 		return -1, err
 	}
@@ -282,7 +284,7 @@ func (t *Tunnel) abort(why error) {
 	if why == nil {
 		why = ErrEngineClosed
 	}
-	if t.deliver == nil { // a Reader's socket is its owner's to shut
+	if t.reader == nil { // a Reader's socket is its owner's to shut
 		rawsys.Shutdown(t.ab.src, syscall.SHUT_RDWR)
 		rawsys.Shutdown(t.ba.src, syscall.SHUT_RDWR)
 	}
@@ -294,7 +296,7 @@ func (t *Tunnel) abort(why error) {
 func (t *Tunnel) finish(why error) {
 	t.over = true
 	t.gone.Store(true)
-	if t.deliver != nil {
+	if t.reader != nil {
 		t.loop.remove(&t.ab)
 		t.loop.mu.Lock()
 		t.loop.readers--
@@ -445,11 +447,11 @@ func (d *direction) run() {
 		if d.closed {
 			continue // after our Close nothing may follow it
 		}
-		if t.deliver != nil {
+		if t.reader != nil {
 			if n < len(buf) && !d.ending {
 				d.readable = false // as below: the socket is drained
 			}
-			d.paused = !t.deliver(buf[:n])
+			d.paused = !t.reader.deliver(buf[:n])
 			continue
 		}
 		if t.moved != nil {
@@ -510,19 +512,22 @@ type loop struct {
 	work   []func()
 
 	// Batching (see runBatch): nil ring where io_uring is not available.
-	wantRing bool
-	batched  atomic.Uint64 // reads made in batches, for tests
-	ring     *uring.Ring
-	arena    []byte       // one read buffer per ring entry, mapped while the loop runs
-	slots    []*direction // the directions of this round's reads, by ring tag
-	res      []int32      // the results of a submitted batch, by ring tag
-	sent     []int32      // the bytes each slot's send carried (0: none)
-	inBatch  bool         // descriptors to close wait for the batch to end: it may still name them
-	closing  []int
-	waitFn   func(fd uintptr) bool
-	ran      time.Time     // when the loop last parked or yielded
-	blocking bool          // the loop waits in epoll_wait itself (few tunnels), not in Go's poller
-	switches atomic.Uint32 // changes of the way it waits, for tests
+	wantRing  bool
+	batched   atomic.Uint64 // reads made in batches, for tests
+	ring      *uring.Ring
+	arena     []byte       // one read buffer per ring entry, mapped while the loop runs
+	slots     []*direction // the directions of this round's reads, by ring tag
+	res       []int32      // the results of a submitted batch, by ring tag
+	sent      []int32      // the bytes each slot's send carried (0: none)
+	sendStart []int32      // where in its slot a Sender's send starts
+	later     []int        // slots whose Sender could not send in this batch: Deliver after it
+	laterFull []bool       // by slot: its read filled the buffer
+	inBatch   bool         // descriptors to close wait for the batch to end: it may still name them
+	closing   []int
+	waitFn    func(fd uintptr) bool
+	ran       time.Time     // when the loop last parked or yielded
+	blocking  bool          // the loop waits in epoll_wait itself (few tunnels), not in Go's poller
+	switches  atomic.Uint32 // changes of the way it waits, for tests
 }
 
 // loopYieldAfter is how long a loop that always has work runs before it lets other goroutines
@@ -584,6 +589,8 @@ func (l *loop) open() error {
 			l.slots = make([]*direction, 0, r.Size())
 			l.res = make([]int32, r.Size())
 			l.sent = make([]int32, r.Size())
+			l.sendStart = make([]int32, r.Size())
+			l.laterFull = make([]bool, r.Size())
 		}
 	}
 	l.waitFn = l.serveOnce
@@ -866,7 +873,7 @@ func (l *loop) runBatch(ds []*direction) {
 			continue
 		}
 		i := len(slots)
-		l.ring.Recv(d.src, l.slot(i), uint64(i))
+		l.ring.Recv(d.src, l.recvBuf(i, d), uint64(i))
 		l.res[i] = -int32(syscall.EINTR) // should the batch fail: try again next round
 		l.sent[i] = 0
 		slots = append(slots, d)
@@ -884,6 +891,10 @@ func (l *loop) runBatch(ds []*direction) {
 			l.dropRing()
 			for i, d := range slots {
 				if l.sent[i] > 0 {
+					if d.t.reader != nil {
+						d.t.reader.sender.End(l.sentBytes(i), -int32(syscall.EIO))
+						l.sent[i] = 0
+					}
 					d.t.abort(err)
 				}
 			}
@@ -893,8 +904,16 @@ func (l *loop) runBatch(ds []*direction) {
 		if l.sent[i] > 0 {
 			l.writeDone(i, d)
 		}
-		slots[i] = nil
 	}
+	// Reads whose destination was busy with this batch's sends (a Sender's connection carries
+	// several tunnels) go to Deliver now that the sends are over.
+	for _, i := range l.later {
+		if d := slots[i]; !d.t.over {
+			l.deliverRead(d, l.slot(i)[SendHeadroom:SendHeadroom+int(l.res[i])], l.laterFull[i])
+		}
+	}
+	l.later = l.later[:0]
+	clear(slots)
 	l.inBatch = false
 	for _, fd := range l.closing {
 		rawsys.Close(fd)
@@ -911,8 +930,50 @@ func (d *direction) batchable() bool {
 	return d.readable && !d.paused && !d.bulk && !t.over && !d.ended && !d.pending() && d.pipe == nil && !t.goAway && !d.closed
 }
 
-// slot is batch slot i's read buffer.
+// slot is batch slot i's buffer.
 func (l *loop) slot(i int) []byte { return l.arena[i*loopBufSize : (i+1)*loopBufSize] }
+
+// recvBuf is where slot i's read for d goes: the whole slot, or after the headroom a Sender may
+// put its framing in.
+func (l *loop) recvBuf(i int, d *direction) []byte {
+	if r := d.t.reader; r != nil && r.sender != nil {
+		return l.slot(i)[SendHeadroom:]
+	}
+	return l.slot(i)
+}
+
+// sentBytes is what slot i's send carried.
+func (l *loop) sentBytes(i int) []byte {
+	start := int(l.sendStart[i])
+	return l.slot(i)[start : start+int(l.sent[i])]
+}
+
+// deliverRead passes a Reader's bytes to Deliver, and decides the direction's next turn.
+func (l *loop) deliverRead(d *direction, p []byte, full bool) {
+	if d.paused = !d.t.reader.deliver(p); !d.paused {
+		l.afterWrite(d, full)
+	} else if !full && !d.ending {
+		d.readable = false
+	}
+}
+
+// sendRead offers a Reader's bytes in slot i to its Sender, for this batch's sends; what the
+// Sender cannot take now goes to Deliver after them.
+func (l *loop) sendRead(i int, d *direction, n int, full bool) {
+	s := d.t.reader.sender
+	slot := l.slot(i)
+	if fd, start, ok := s.Begin(slot, n); ok {
+		out := slot[start : SendHeadroom+n]
+		if l.ring.Send(fd, out, uint64(i)) == nil {
+			l.sent[i], l.sendStart[i] = int32(len(out)), int32(start)
+			return
+		}
+		s.End(out, -int32(syscall.EAGAIN)) // not sent: nothing stays reserved
+	}
+	l.later = append(l.later, i)
+	l.res[i] = int32(n)
+	l.laterFull[i] = full
+}
 
 // readDone handles slot i's read, as run would, and queues the write of what it read.
 func (l *loop) readDone(i int, d *direction) {
@@ -935,15 +996,16 @@ func (l *loop) readDone(i int, d *direction) {
 		}
 		d.end()
 	default:
-		p := l.slot(i)[:res]
-		if t.deliver != nil {
-			if d.paused = !t.deliver(p); !d.paused {
-				l.afterWrite(d, int(res))
-			} else if res < loopBufSize && !d.ending {
-				d.readable = false
+		if t.reader != nil {
+			full := int(res) == len(l.recvBuf(i, d))
+			if t.reader.sender != nil && l.ring != nil {
+				l.sendRead(i, d, int(res), full)
+				return
 			}
+			l.deliverRead(d, l.recvBuf(i, d)[:res], full)
 			return
 		}
+		p := l.slot(i)[:res]
 		if t.moved != nil {
 			t.moved(d.toB, int(res))
 		}
@@ -953,7 +1015,7 @@ func (l *loop) readDone(i int, d *direction) {
 		if l.ring == nil || l.ring.Send(d.dst, p, uint64(i)) != nil {
 			// The ring failed with the reads: write the old way.
 			if d.write(p) {
-				l.afterWrite(d, int(res))
+				l.afterWrite(d, res == loopBufSize)
 			}
 			return
 		}
@@ -964,13 +1026,27 @@ func (l *loop) readDone(i int, d *direction) {
 // writeDone handles slot i's write: what did not fit waits in a slab for EPOLLOUT.
 func (l *loop) writeDone(i int, d *direction) {
 	t := d.t
+	if t.reader != nil {
+		// A Sender's send: it settles its own bytes, even for a tunnel that has ended.
+		out := l.sentBytes(i)
+		payload := l.slot(i)[SendHeadroom : int(l.sendStart[i])+len(out)]
+		full := len(payload) == loopBufSize-SendHeadroom
+		if t.reader.sender.End(out, l.res[i]) {
+			if !t.over {
+				l.afterWrite(d, full)
+			}
+		} else if !t.over {
+			l.deliverRead(d, payload, full)
+		}
+		return
+	}
 	if t.over {
 		return
 	}
 	n, res := l.sent[i], l.res[i]
 	switch {
 	case res == n:
-		l.afterWrite(d, int(n))
+		l.afterWrite(d, n == loopBufSize)
 	case res >= 0 || res == -int32(syscall.EAGAIN) || res == -int32(syscall.EINTR):
 		d.out = buffer.GetSlab()
 		d.outOff, d.outEnd = 0, int32(copy(*d.out, l.slot(i)[max(res, 0):n]))
@@ -982,10 +1058,11 @@ func (l *loop) writeDone(i int, d *direction) {
 	}
 }
 
-// afterWrite decides a direction's next turn once all n bytes of its read went on.
-func (l *loop) afterWrite(d *direction, n int) {
+// afterWrite decides a direction's next turn once all the bytes of its read went on (full: the
+// read filled its buffer).
+func (l *loop) afterWrite(d *direction, full bool) {
 	switch {
-	case n == loopBufSize:
+	case full:
 		d.run() // a full read: more is there, perhaps bulk to splice
 	case d.ending:
 		l.requeue(d) // a FIN raises no new edge: read on to EOF

@@ -269,6 +269,7 @@ func NewServerConn(nc net.Conn, br *bufio.Reader, cfg ServerConfig, handle func(
 	if tc := plainTCP(nc); tc != nil && sock != nil {
 		c.vec.w, c.vec.sock, c.vec.deadline = tc, sock, deadline
 	}
+	c.vec.sendFD = -1
 	c.src = NewFrameSource(br)
 	c.src.ReleaseReader(buffer.PutReader)
 	c.fr = h2.NewFramer(c.bw, c.src)
@@ -1138,6 +1139,7 @@ func (c *ServerConn) abortLocked(err error) {
 	}
 	c.ka.Stop()
 	c.cancel()
+	c.closeSendFDLocked() // or, if a send holds the socket, when it lets go
 	if c.raw {
 		// The reader holds the socket while it processes frames, and may be waiting for c.mu
 		// (or be the caller); Go's Close waits for every holder. Close from a goroutine of its

@@ -3,6 +3,7 @@ package http2
 import (
 	"github.com/switchyard-proxy/switchyard/buffer"
 	"net"
+	"syscall"
 
 	h2 "golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
@@ -137,7 +138,7 @@ func (c *ServerConn) writeLoop() {
 			err = c.bw.Flush()
 		}
 		c.mu.Lock()
-		c.writing = false
+		c.releaseWritingLocked()
 		if err != nil {
 			c.abortLocked(err)
 			c.mu.Unlock()
@@ -181,7 +182,7 @@ func (c *ServerConn) writeDataDirectLocked(s *ServerStream, p []byte, end bool) 
 		}
 	}
 	c.mu.Lock()
-	c.writing = false
+	c.releaseWritingLocked()
 	if err != nil {
 		c.abortLocked(err)
 		return err
@@ -194,6 +195,7 @@ func (c *ServerConn) writeDataDirectLocked(s *ServerStream, p []byte, end bool) 
 // payload slices side by side, no copy. Owned by the holder of c.writing.
 type vectored struct {
 	w        *net.TCPConn       // nil: not a plain TCP socket
+	sendFD   int                // a duplicate of w's descriptor for the engine's sends (-1: none)
 	sock     *rawsys.ConnWriter // w's, counting as the connection does
 	deadline *WriteDeadline     // shared with the connection's deadlineWriter
 	hdrs     [maxDataChunk/16384 + 1][9]byte
@@ -251,7 +253,7 @@ func (c *ServerConn) tryWriteDataLocked(s *ServerStream, p []byte) bool {
 	}
 	c.writing = true
 	if c.bw.Buffered() > 0 { // only after a failed write: let the writer sort it out
-		c.writing = false
+		c.releaseWritingLocked()
 		c.kickWriterLocked()
 		return false
 	}
@@ -260,28 +262,36 @@ func (c *ServerConn) tryWriteDataLocked(s *ServerStream, p []byte) bool {
 	maxFrame := int(c.peerMaxFrame)
 	c.mu.Unlock()
 	bufs, _ := c.dataFrameVec(s.id, p, false, maxFrame)
-	total := len(p) + (len(bufs)/2)*frameHeaderLen
-	sent, err := c.vec.sock.TryWritev(bufs)
+	total := len(p) + len(bufs)/2*frameHeaderLen
+	frames := len(bufs) / 2
+	sent, err := c.vec.sock.TryWritev(bufs) // it may modify bufs
 	clear(c.vec.bufs[:])
 	if err == nil && sent == 0 {
 		// The socket is full: nothing went, so nothing was taken.
-		c.dataFramesSent.Add(-int64(len(bufs) / 2))
+		c.dataFramesSent.Add(-int64(frames))
 		c.mu.Lock()
 		s.sendWin += n
 		c.sendWin += n
-		c.writing = false
+		c.releaseWritingLocked()
 		c.kickWriterLocked()
 		return false
 	}
 	if err == nil && sent < total {
 		// The socket took part of the frames. The rest must go before anything else, and the
 		// caller cannot wait: a goroutine of its own writes it, holding c.writing meanwhile.
-		c.finishDataLater(p, len(bufs)/2, maxFrame, sent)
+		segs := c.vec.bufs[:0]
+		for i, q := 0, p; i < frames; i++ {
+			k := min(len(q), maxFrame)
+			segs = append(segs, c.vec.hdrs[i][:], q[:k])
+			q = q[k:]
+		}
+		c.finishDataLater(sent, segs)
+		clear(c.vec.bufs[:])
 		c.mu.Lock()
 		return true
 	}
 	c.mu.Lock()
-	c.writing = false
+	c.releaseWritingLocked()
 	if err != nil {
 		c.abortLocked(err)
 		return true // the connection is going: the stream's end tells the caller
@@ -290,25 +300,133 @@ func (c *ServerConn) tryWriteDataLocked(s *ServerStream, p []byte) bool {
 	return true
 }
 
-// finishDataLater writes what the socket did not take of the frames dataFrameVec laid out for p
-// (the first sent bytes went), on a goroutine that holds c.writing until they are out. The bytes
-// are copied, as p is the caller's.
-func (c *ServerConn) finishDataLater(p []byte, frames, maxFrame, sent int) {
-	left := len(p) + frames*frameHeaderLen - sent
+// releaseWritingLocked gives the socket up (c.writing). On a closed connection it also closes the
+// descriptor the engine sends on (see BeginData), which waited for the last send to be over.
+func (c *ServerConn) releaseWritingLocked() {
+	c.writing = false
+	if c.closed {
+		c.closeSendFDLocked()
+	}
+}
+
+// closeSendFDLocked closes the engine's duplicate of the socket, unless a send may be using it.
+func (c *ServerConn) closeSendFDLocked() {
+	if c.vec.sendFD >= 0 && !c.writing {
+		rawsys.Close(c.vec.sendFD)
+		c.vec.sendFD = -1
+	}
+}
+
+// Sends by the tunnel engine. A tunnel's upstream bytes read in an io_uring batch can go out as
+// DATA in the batch's sends instead of one writev each: BeginData reserves the windows and the
+// socket for one frame and writes its header, the engine sends header and payload from its own
+// buffer on a duplicate of the socket's descriptor (Go's own may be closed at any time; the
+// duplicate is closed only when no send can be using it: see releaseWritingLocked), and EndData
+// settles what the send did. Between the two, the stream's other writers queue behind c.writing
+// as they do behind any write.
+
+// BeginData reserves, for the engine's send of n payload bytes as one DATA frame on s, what
+// TryWriteData would need (the windows, the socket, no queue), writes the frame's header into
+// hdr (9 bytes) and returns the descriptor to send on. ok false: nothing was reserved.
+func (s *ServerStream) BeginData(n int, hdr []byte) (fd int, ok bool) {
+	c := s.c
+	if n <= 0 || !s.wmu.TryLock() {
+		return -1, false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	w := int64(n)
+	if n > int(c.peerMaxFrame) || s.writableLocked() != nil || w > s.sendWin || w > c.sendWin || !c.canWriteDirectLocked() || c.vec.w == nil {
+		s.wmu.Unlock()
+		return -1, false
+	}
+	c.writing = true
+	if c.bw.Buffered() > 0 || c.vec.sendFD < 0 && !c.dupSendFDLocked() {
+		c.releaseWritingLocked()
+		c.kickWriterLocked()
+		s.wmu.Unlock()
+		return -1, false
+	}
+	s.sendWin -= w
+	c.sendWin -= w
+	hdr[0], hdr[1], hdr[2] = byte(n>>16), byte(n>>8), byte(n)
+	hdr[3], hdr[4] = byte(h2.FrameData), 0
+	hdr[5], hdr[6], hdr[7], hdr[8] = byte(s.id>>24)&0x7f, byte(s.id>>16), byte(s.id>>8), byte(s.id)
+	return c.vec.sendFD, true // s.wmu and c.writing are held until EndData
+}
+
+// EndData settles the engine's send of frame (header and payload, as BeginData laid it out):
+// res is what the send returned, bytes sent or -errno. It reports whether the payload was taken:
+// false only when nothing went because the socket was full, and then nothing is reserved any
+// more (the caller writes the payload another way). What a partly full socket did not take goes
+// out from a copy before anything else (as in TryWriteData).
+func (s *ServerStream) EndData(frame []byte, res int32) bool {
+	c := s.c
+	defer s.wmu.Unlock()
+	if res > 0 {
+		c.vec.sock.Count(int(res))
+	}
+	switch {
+	case res == int32(len(frame)):
+		c.dataFramesSent.Add(1)
+	case res > 0:
+		c.dataFramesSent.Add(1)
+		c.finishDataLater(int(res), [][]byte{frame})
+		return true
+	case res == -int32(syscall.EAGAIN) || res == 0:
+		w := int64(len(frame) - frameHeaderLen)
+		c.mu.Lock()
+		s.sendWin += w
+		c.sendWin += w
+		c.releaseWritingLocked()
+		c.kickWriterLocked()
+		c.mu.Unlock()
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.releaseWritingLocked()
+	if res < 0 {
+		c.abortLocked(syscall.Errno(-res))
+		return true // the connection is going: the stream's end tells the caller
+	}
+	c.kickWriterLocked()
+	return true
+}
+
+// dupSendFDLocked makes the duplicate of the socket's descriptor the engine sends on. The caller
+// holds c.writing.
+func (c *ServerConn) dupSendFDLocked() bool {
+	rc, err := c.vec.w.SyscallConn()
+	if err != nil {
+		return false
+	}
+	fd := -1
+	if rc.Control(func(sfd uintptr) { fd, _ = rawsys.Dup(int(sfd)) }) != nil || fd < 0 {
+		return false
+	}
+	c.vec.sendFD = fd
+	return true
+}
+
+// finishDataLater writes what the socket did not take of the frames laid out in segs (the first
+// sent bytes went), on a goroutine that holds c.writing until they are out. The bytes are copied,
+// as segs are the caller's.
+func (c *ServerConn) finishDataLater(sent int, segs [][]byte) {
+	left := -sent
+	for _, seg := range segs {
+		left += len(seg)
+	}
 	slab := buffer.GetSlab()
 	if left > len(*slab) {
 		buffer.PutSlab(slab)
 		slab = buffer.GetBigSlab()
 	}
 	rest := (*slab)[:0]
-	for i := range frames {
-		n := min(len(p), maxFrame)
-		for _, seg := range [2][]byte{c.vec.hdrs[i][:], p[:n]} {
-			skip := min(sent, len(seg))
-			sent -= skip
-			rest = append(rest, seg[skip:]...)
-		}
-		p = p[n:]
+	for _, seg := range segs {
+		skip := min(sent, len(seg))
+		sent -= skip
+		rest = append(rest, seg[skip:]...)
 	}
 	workers.Go(func() {
 		v := &c.vec
@@ -318,7 +436,7 @@ func (c *ServerConn) finishDataLater(p []byte, frames, maxFrame, sent int) {
 		}
 		buffer.PutSlab(slab)
 		c.mu.Lock()
-		c.writing = false
+		c.releaseWritingLocked()
 		if err != nil {
 			c.abortLocked(err)
 		} else {
