@@ -70,10 +70,14 @@ func (d *h2Stream) tryWriteBody(p []byte) int {
 // (http2.ServerStream.BeginData) until End.
 func (d *h2Stream) Begin(buf []byte, n int) (fd, start int, ok bool) {
 	s := d.s
-	if d.ended || !s.lockTunnelEncode() {
+	if !s.lockTunnelEncode() {
 		return -1, 0, false
 	}
 	start = tunnel.SendHeadroom - h2FrameHeader
+	if d.ended {
+		s.encMu.Unlock()
+		return -1, 0, false
+	}
 	if fd, ok = d.st.BeginData(n, buf[start:tunnel.SendHeadroom]); !ok {
 		s.encMu.Unlock()
 		return -1, 0, false

@@ -57,12 +57,14 @@ type h1Upstream struct {
 	raw     *tunnel.SlabReader
 	stop    atomic.Bool                   // close was called: the tunnel's Stream of conn ends
 	reader  atomic.Pointer[tunnel.Reader] // the engine reads conn (readUpstreamOnEngine)
-	w       *rawsys.ConnWriter            // conn's socket, made at the first tunnel write; nil: write to conn
-	wTried  bool
-	early   []byte // bytes that came with the 101
-	accept  string // the Sec-WebSocket-Accept we expect, when we made the key up
-	makeKey bool   // the request came over HTTP/2 and may lack Sec-WebSocket-Key
-	resp    *http1.Response
+	// readState orders closing conn after the engine's reads of it (see engineReading).
+	readState atomic.Int32
+	w         *rawsys.ConnWriter // conn's socket, made at the first tunnel write; nil: write to conn
+	wTried    bool
+	early     []byte // bytes that came with the 101
+	accept    string // the Sec-WebSocket-Accept we expect, when we made the key up
+	makeKey   bool   // the request came over HTTP/2 and may lack Sec-WebSocket-Key
+	resp      *http1.Response
 }
 
 func (u *h1Upstream) sendHeaders(h *headers.Map, _ bool) error {
@@ -218,14 +220,25 @@ func (u *h1Upstream) close() {
 		// The tunnel's pump may be inside Stream, holding the socket: Close would wait for it,
 		// and the pump may be waiting for the caller. Stop it, and close beside it.
 		u.stop.Store(true)
-		if rd := u.reader.Load(); rd != nil {
-			rd.Abort(nil)
+		if u.readState.CompareAndSwap(engineReading, engineCloseAsked) {
+			if rd := u.reader.Load(); rd != nil {
+				rd.Abort(nil) // the engine's Done closes conn (engineRead.end)
+			}
+			return
 		}
 		go u.conn.Close()
 		return
 	}
 	u.lease.Conn.Close()
 }
+
+// The engine reads conn's own descriptor (tunnel.StartReader), so conn must not be closed while
+// it does: a close asked for meanwhile is left to the engine's Done.
+const (
+	engineNotReading int32 = iota
+	engineReading
+	engineCloseAsked // close found the engine reading: Done closes conn
+)
 
 func (u *h1Upstream) release(reusable bool) {
 	if u.conn != nil {

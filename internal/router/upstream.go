@@ -512,6 +512,7 @@ func (r *routerFilter) tunnel(att *attempt, resp *upResponse) {
 // engineRead is one upstream read by the engine.
 type engineRead struct {
 	r       *routerFilter
+	u       *h1Upstream
 	write   func(p []byte) int // the stream's TunnelEncoder
 	rd      *tunnel.Reader
 	started chan struct{} // closed once rd is set
@@ -529,13 +530,21 @@ func (r *routerFilter) readUpstreamOnEngine(u *h1Upstream) bool {
 	if write == nil {
 		return false
 	}
-	er := &engineRead{r: r, write: write, started: make(chan struct{}), done: make(chan error, 1)}
+	er := &engineRead{r: r, u: u, write: write, started: make(chan struct{}), done: make(chan error, 1)}
+	u.readState.Store(engineReading)
+	if u.stop.Load() { // closed already: leave it to the usual pump, which sees that
+		u.readState.Store(engineNotReading)
+		return false
+	}
 	opt := tunnel.ReaderOptions{Conn: u.conn, Deliver: er.deliver, Done: er.end}
 	if ts, ok := r.info.(TunnelSender); ok {
 		opt.Sender = ts.TunnelSender()
 	}
 	rd, err := tunnel.DefaultEngine().StartReader(opt)
 	if err != nil {
+		if u.readState.Swap(engineNotReading) == engineCloseAsked {
+			go u.conn.Close()
+		}
 		return false
 	}
 	er.rd = rd
@@ -576,8 +585,13 @@ func (er *engineRead) deliver(p []byte) bool {
 	return false
 }
 
-// end is the engine's Done.
-func (er *engineRead) end(why error) { er.done <- why }
+// end is the engine's Done: from now on conn may be closed, and is if close asked meanwhile.
+func (er *engineRead) end(why error) {
+	if er.u.readState.Swap(engineNotReading) == engineCloseAsked {
+		go er.u.conn.Close()
+	}
+	er.done <- why
+}
 
 // upstreamEnded passes on the end of a tunnel's upstream side: END_STREAM (or the FIN) after
 // io.EOF, else a reset, unless the stream is already over.

@@ -24,7 +24,9 @@ type Options struct {
 
 // ReaderOptions describe a socket for the engine to read (Engine.StartReader).
 type ReaderOptions struct {
-	Conn net.Conn // a plain TCP socket (see Pluggable), with no bytes buffered above it
+	// Conn is a plain TCP socket (see Pluggable) with no bytes buffered above it. Its owner may
+	// write to it and half-close it meanwhile, but closes it only after Done.
+	Conn net.Conn
 	// Deliver takes what was read, in order, on the engine's goroutine: it must not block, and
 	// must copy what it keeps. It returns false to stop the reads until Reader.Resume (the
 	// destination is full: what it took last is all it holds beyond its limit).

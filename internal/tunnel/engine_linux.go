@@ -182,16 +182,22 @@ type Reader struct{ t *Tunnel }
 
 // StartReader has the engine read opt.Conn's socket and pass what it reads to opt.Deliver, so
 // that no goroutine waits on the socket between reads: for the upstream side of a tunnel whose
-// client is an HTTP/2 stream. The engine reads a duplicate of the socket's descriptor; opt.Conn
-// stays the caller's, to write to, half-close and close (the socket closes only when the engine
-// has let go of its duplicate too: after Done). On error the caller keeps reading the socket.
+// client is an HTTP/2 stream. The engine reads the socket's own descriptor (a duplicate would cost
+// a descriptor per tunnel), which stays in Go's poller: opt.Conn is still the caller's to write
+// to and half-close, but not to close before Done (Abort, then close in or after Done), as the
+// descriptor's number could go to another socket under the engine's reads. On error the caller
+// keeps reading the socket.
 func (e *Engine) StartReader(opt ReaderOptions) (*Reader, error) {
 	tc, ok := tcpOf(opt.Conn)
 	if !ok {
 		return nil, errors.New("tunnel: the engine reads plain TCP sockets only")
 	}
-	fd, err := dupSocket(tc)
+	rc, err := tc.SyscallConn()
 	if err != nil {
+		return nil, err
+	}
+	fd := -1
+	if err := rc.Control(func(sfd uintptr) { fd = int(sfd) }); err != nil {
 		return nil, err
 	}
 	t := &Tunnel{loop: e.loops[int(e.next.Add(1))%len(e.loops)], done: opt.Done,
@@ -206,7 +212,6 @@ func (e *Engine) StartReader(opt ReaderOptions) (*Reader, error) {
 		t.loop.mu.Lock()
 		t.loop.readers--
 		t.loop.mu.Unlock()
-		syscall.Close(fd)
 		return nil, err
 	}
 	return &Reader{t: t}, nil
@@ -284,7 +289,7 @@ func (t *Tunnel) abort(why error) {
 	if why == nil {
 		why = ErrEngineClosed
 	}
-	if t.reader == nil { // a Reader's socket is its owner's to shut
+	if t.reader == nil { // a Reader's socket is its owner's to shut and close
 		rawsys.Shutdown(t.ab.src, syscall.SHUT_RDWR)
 		rawsys.Shutdown(t.ba.src, syscall.SHUT_RDWR)
 	}
@@ -301,6 +306,8 @@ func (t *Tunnel) finish(why error) {
 		t.loop.mu.Lock()
 		t.loop.readers--
 		t.loop.mu.Unlock()
+		// The descriptor is the owner's: out of the set, and left open.
+		syscall.EpollCtl(t.loop.epfd, syscall.EPOLL_CTL_DEL, t.ab.src, nil)
 	} else {
 		t.loop.remove(&t.ab, &t.ba)
 	}
@@ -315,8 +322,8 @@ func (t *Tunnel) finish(why error) {
 			d.pipe = nil
 		}
 	}
-	t.loop.closeFD(t.ab.src)
-	if t.ba.src >= 0 {
+	if t.reader == nil {
+		t.loop.closeFD(t.ab.src)
 		t.loop.closeFD(t.ba.src)
 	}
 	if t.done != nil {

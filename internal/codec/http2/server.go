@@ -219,6 +219,8 @@ type ServerConn struct {
 	closing          bool // a final GOAWAY is out; the connection ends when the writer is done
 	closeWriteQueued bool
 	writing          bool // the writer goroutine or a stream's direct write has the socket
+	sending          bool // the tunnel engine is sending on the socket (BeginData..EndData)
+	closePending     bool // abortLocked left the socket's close to EndData
 	vec              vectored
 	raw              bool // the reader reads the socket itself (serveRaw): close it asynchronously
 	writerClosed     bool // the writer has ended for good (writerExit)
@@ -270,6 +272,11 @@ func NewServerConn(nc net.Conn, br *bufio.Reader, cfg ServerConfig, handle func(
 		c.vec.w, c.vec.sock, c.vec.deadline = tc, sock, deadline
 	}
 	c.vec.sendFD = -1
+	if c.vec.w != nil {
+		if rc, err := c.vec.w.SyscallConn(); err == nil {
+			rc.Control(func(fd uintptr) { c.vec.sendFD = int(fd) })
+		}
+	}
 	c.src = NewFrameSource(br)
 	c.src.ReleaseReader(buffer.PutReader)
 	c.fr = h2.NewFramer(c.bw, c.src)
@@ -1139,7 +1146,21 @@ func (c *ServerConn) abortLocked(err error) {
 	}
 	c.ka.Stop()
 	c.cancel()
-	c.closeSendFDLocked() // or, if a send holds the socket, when it lets go
+	if c.sending {
+		c.closePending = true // EndData closes it: the engine is sending on the descriptor
+	} else {
+		c.closeSocketLocked()
+	}
+	for _, s := range c.active {
+		c.closeStreamLocked(s, &StreamError{Code: h2.ErrCodeCancel, Conn: true})
+		s.cond.Broadcast()
+	}
+	c.kickWriterLocked() // a writer that runs now sees closed and ends for good
+}
+
+// closeSocketLocked closes the connection's socket.
+func (c *ServerConn) closeSocketLocked() {
+	c.closePending = false
 	if c.raw {
 		// The reader holds the socket while it processes frames, and may be waiting for c.mu
 		// (or be the caller); Go's Close waits for every holder. Close from a goroutine of its
@@ -1149,11 +1170,6 @@ func (c *ServerConn) abortLocked(err error) {
 	} else {
 		_ = c.nc.Close()
 	}
-	for _, s := range c.active {
-		c.closeStreamLocked(s, &StreamError{Code: h2.ErrCodeCancel, Conn: true})
-		s.cond.Broadcast()
-	}
-	c.kickWriterLocked() // a writer that runs now sees closed and ends for good
 }
 
 // sendKeepalive queues a keepalive PING; it runs on the Keepalive's timer goroutine.

@@ -138,7 +138,7 @@ func (c *ServerConn) writeLoop() {
 			err = c.bw.Flush()
 		}
 		c.mu.Lock()
-		c.releaseWritingLocked()
+		c.writing = false
 		if err != nil {
 			c.abortLocked(err)
 			c.mu.Unlock()
@@ -182,7 +182,7 @@ func (c *ServerConn) writeDataDirectLocked(s *ServerStream, p []byte, end bool) 
 		}
 	}
 	c.mu.Lock()
-	c.releaseWritingLocked()
+	c.writing = false
 	if err != nil {
 		c.abortLocked(err)
 		return err
@@ -195,7 +195,7 @@ func (c *ServerConn) writeDataDirectLocked(s *ServerStream, p []byte, end bool) 
 // payload slices side by side, no copy. Owned by the holder of c.writing.
 type vectored struct {
 	w        *net.TCPConn       // nil: not a plain TCP socket
-	sendFD   int                // a duplicate of w's descriptor for the engine's sends (-1: none)
+	sendFD   int                // w's descriptor, for the engine's sends (-1: none)
 	sock     *rawsys.ConnWriter // w's, counting as the connection does
 	deadline *WriteDeadline     // shared with the connection's deadlineWriter
 	hdrs     [maxDataChunk/16384 + 1][9]byte
@@ -253,7 +253,7 @@ func (c *ServerConn) tryWriteDataLocked(s *ServerStream, p []byte) bool {
 	}
 	c.writing = true
 	if c.bw.Buffered() > 0 { // only after a failed write: let the writer sort it out
-		c.releaseWritingLocked()
+		c.writing = false
 		c.kickWriterLocked()
 		return false
 	}
@@ -272,7 +272,7 @@ func (c *ServerConn) tryWriteDataLocked(s *ServerStream, p []byte) bool {
 		c.mu.Lock()
 		s.sendWin += n
 		c.sendWin += n
-		c.releaseWritingLocked()
+		c.writing = false
 		c.kickWriterLocked()
 		return false
 	}
@@ -291,7 +291,7 @@ func (c *ServerConn) tryWriteDataLocked(s *ServerStream, p []byte) bool {
 		return true
 	}
 	c.mu.Lock()
-	c.releaseWritingLocked()
+	c.writing = false
 	if err != nil {
 		c.abortLocked(err)
 		return true // the connection is going: the stream's end tells the caller
@@ -300,30 +300,13 @@ func (c *ServerConn) tryWriteDataLocked(s *ServerStream, p []byte) bool {
 	return true
 }
 
-// releaseWritingLocked gives the socket up (c.writing). On a closed connection it also closes the
-// descriptor the engine sends on (see BeginData), which waited for the last send to be over.
-func (c *ServerConn) releaseWritingLocked() {
-	c.writing = false
-	if c.closed {
-		c.closeSendFDLocked()
-	}
-}
-
-// closeSendFDLocked closes the engine's duplicate of the socket, unless a send may be using it.
-func (c *ServerConn) closeSendFDLocked() {
-	if c.vec.sendFD >= 0 && !c.writing {
-		rawsys.Close(c.vec.sendFD)
-		c.vec.sendFD = -1
-	}
-}
-
 // Sends by the tunnel engine. A tunnel's upstream bytes read in an io_uring batch can go out as
 // DATA in the batch's sends instead of one writev each: BeginData reserves the windows and the
 // socket for one frame and writes its header, the engine sends header and payload from its own
-// buffer on a duplicate of the socket's descriptor (Go's own may be closed at any time; the
-// duplicate is closed only when no send can be using it: see releaseWritingLocked), and EndData
-// settles what the send did. Between the two, the stream's other writers queue behind c.writing
-// as they do behind any write.
+// buffer on the socket's descriptor, and EndData settles what the send did. Between the two
+// (microseconds: the engine's sends never wait), the stream's other writers queue behind
+// c.writing as they do behind any write, and closing the connection waits (c.sending): the
+// descriptor must not be closed, and its number reused, under a send in flight.
 
 // BeginData reserves, for the engine's send of n payload bytes as one DATA frame on s, what
 // TryWriteData would need (the windows, the socket, no queue), writes the frame's header into
@@ -341,18 +324,19 @@ func (s *ServerStream) BeginData(n int, hdr []byte) (fd int, ok bool) {
 		return -1, false
 	}
 	c.writing = true
-	if c.bw.Buffered() > 0 || c.vec.sendFD < 0 && !c.dupSendFDLocked() {
-		c.releaseWritingLocked()
+	if c.bw.Buffered() > 0 || c.vec.sendFD < 0 {
+		c.writing = false
 		c.kickWriterLocked()
 		s.wmu.Unlock()
 		return -1, false
 	}
+	c.sending = true
 	s.sendWin -= w
 	c.sendWin -= w
 	hdr[0], hdr[1], hdr[2] = byte(n>>16), byte(n>>8), byte(n)
 	hdr[3], hdr[4] = byte(h2.FrameData), 0
 	hdr[5], hdr[6], hdr[7], hdr[8] = byte(s.id>>24)&0x7f, byte(s.id>>16), byte(s.id>>8), byte(s.id)
-	return c.vec.sendFD, true // s.wmu and c.writing are held until EndData
+	return c.vec.sendFD, true // s.wmu, c.writing and c.sending are held until EndData
 }
 
 // EndData settles the engine's send of frame (header and payload, as BeginData laid it out):
@@ -366,6 +350,12 @@ func (s *ServerStream) EndData(frame []byte, res int32) bool {
 	if res > 0 {
 		c.vec.sock.Count(int(res))
 	}
+	c.mu.Lock()
+	c.sending = false
+	if c.closePending {
+		c.closeSocketLocked() // the close that waited for this send
+	}
+	c.mu.Unlock()
 	switch {
 	case res == int32(len(frame)):
 		c.dataFramesSent.Add(1)
@@ -378,34 +368,19 @@ func (s *ServerStream) EndData(frame []byte, res int32) bool {
 		c.mu.Lock()
 		s.sendWin += w
 		c.sendWin += w
-		c.releaseWritingLocked()
+		c.writing = false
 		c.kickWriterLocked()
 		c.mu.Unlock()
 		return false
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.releaseWritingLocked()
+	c.writing = false
 	if res < 0 {
 		c.abortLocked(syscall.Errno(-res))
 		return true // the connection is going: the stream's end tells the caller
 	}
 	c.kickWriterLocked()
-	return true
-}
-
-// dupSendFDLocked makes the duplicate of the socket's descriptor the engine sends on. The caller
-// holds c.writing.
-func (c *ServerConn) dupSendFDLocked() bool {
-	rc, err := c.vec.w.SyscallConn()
-	if err != nil {
-		return false
-	}
-	fd := -1
-	if rc.Control(func(sfd uintptr) { fd, _ = rawsys.Dup(int(sfd)) }) != nil || fd < 0 {
-		return false
-	}
-	c.vec.sendFD = fd
 	return true
 }
 
@@ -436,7 +411,7 @@ func (c *ServerConn) finishDataLater(sent int, segs [][]byte) {
 		}
 		buffer.PutSlab(slab)
 		c.mu.Lock()
-		c.releaseWritingLocked()
+		c.writing = false
 		if err != nil {
 			c.abortLocked(err)
 		} else {
