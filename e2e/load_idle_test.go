@@ -55,6 +55,7 @@ func TestLoadIdleTunnels(t *testing.T) {
 	}
 
 	m := measureIdle(t, []*harness.Proxy{p}, n, "idle tunnels", open)
+	m.checkFDs(t, "idle tunnel")
 	kb := m.kb
 	if m.g2-m.g0 > 16 {
 		t.Errorf("%d goroutines for %d idle tunnels: the engine should hold them with none each", m.g2-m.g0, n)
@@ -86,8 +87,17 @@ func TestLoadIdleTunnels(t *testing.T) {
 // idleCost is what a batch of idle tunnels cost the proxy: goroutines before, halfway and after
 // opening them, and RSS and goroutines per tunnel.
 type idleCost struct {
-	g0, g1, g2    int64
-	perTunnel, kb float64
+	g0, g1, g2         int64
+	perTunnel, kb, fds float64 // goroutines, KiB of RSS and descriptors per tunnel
+}
+
+// checkFDs fails the test if a tunnel holds more descriptors than its two sockets: the process's
+// descriptor limit caps how many tunnels it can carry.
+func (m idleCost) checkFDs(t *testing.T, what string) {
+	t.Helper()
+	if m.fds > 2.05 {
+		t.Errorf("%.2f descriptors per %s, want 2 (the client's socket and the upstream's)", m.fds, what)
+	}
 }
 
 // measureIdle opens n tunnels in two halves with open and measures what they cost the proxies
@@ -108,8 +118,15 @@ func measureIdle(t *testing.T, ps []*harness.Proxy, n int, what string, open fun
 		}
 		return r
 	}
+	fds := func() (f int) {
+		for _, p := range ps {
+			f += p.FDs()
+		}
+		return f
+	}
 	var m idleCost
 	var rss0, rss2 int64
+	fd0 := fds()
 	m.g0, rss0 = goroutines(), rss()
 	open(0, n/2)
 	m.g1 = goroutines()
@@ -118,8 +135,9 @@ func measureIdle(t *testing.T, ps []*harness.Proxy, n int, what string, open fun
 	m.g2, rss2 = goroutines(), rss()
 	m.perTunnel = float64(m.g2-m.g0) / float64(n)
 	m.kb = float64(rss2-rss0) / 1024 / float64(n)
-	t.Logf("%d %s: %.2f goroutines and %.1f KiB of RSS each (RSS %d → %d MiB; goroutines %d → %d → %d)",
-		n, what, m.perTunnel, m.kb, rss0>>20, rss2>>20, m.g0, m.g1, m.g2)
+	m.fds = float64(fds()-fd0) / float64(n)
+	t.Logf("%d %s: %.2f goroutines, %.2f descriptors and %.1f KiB of RSS each (RSS %d → %d MiB; goroutines %d → %d → %d)",
+		n, what, m.perTunnel, m.fds, m.kb, rss0>>20, rss2>>20, m.g0, m.g1, m.g2)
 	if first, second := m.g1-m.g0, m.g2-m.g1; first-second > 8 || second-first > 8 {
 		t.Errorf("goroutines grew by %d for the first %d tunnels and by %d for the next %d: not a constant per tunnel",
 			first, n/2, second, n-n/2)
@@ -175,6 +193,7 @@ func TestLoadIdleH2Tunnels(t *testing.T) {
 	}
 
 	m := measureIdle(t, []*harness.Proxy{p}, n, "idle HTTP/2 tunnels", open)
+	m.checkFDs(t, "idle HTTP/2 tunnel (one per connection)")
 	perTunnel, kb := m.perTunnel, m.kb
 	// The connection's reader, and the stream's goroutine, where the router waits for the end of
 	// the tunnel while the engine reads the upstream; the connection's writer and the stream's

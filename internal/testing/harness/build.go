@@ -143,6 +143,17 @@ func startBinary(t testing.TB, bin, yaml string, extraArgs ...string) *Proxy {
 	return p
 }
 
+// FDs is the number of descriptors the proxy has open, for tests that bound what a tunnel holds
+// (a process's descriptor limit caps its tunnels).
+func (p *Proxy) FDs() int {
+	p.t.Helper()
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", p.cmd.Process.Pid))
+	if err != nil {
+		p.t.Fatalf("proxy descriptors: %v", err)
+	}
+	return len(ents)
+}
+
 // RSS is the proxy's resident set size in bytes (VmRSS in /proc/<pid>/status), for tests that
 // bound the memory a tunnel costs.
 func (p *Proxy) RSS() int64 {
