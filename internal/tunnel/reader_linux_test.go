@@ -25,6 +25,7 @@ type engineReader struct {
 	calls      int
 	pauseAt    int // Deliver asks for a pause at this call (0: never)
 	done       chan error
+	ended      atomic.Bool // Done was called
 }
 
 func startReader(t *testing.T, e *Engine, pauseAt int) *engineReader {
@@ -40,13 +41,23 @@ func startReader(t *testing.T, e *Engine, pauseAt int) *engineReader {
 			er.calls++
 			return er.calls != er.pauseAt
 		},
-		Done: func(why error) { er.done <- why },
+		Done: func(why error) {
+			er.ended.Store(true)
+			er.done <- why
+		},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	er.r = r
-	t.Cleanup(func() { r.Abort(nil) })
+	// The sockets close after this (their cleanup was registered first), and only once the engine
+	// has let go of the descriptor, as a Reader's owner must.
+	t.Cleanup(func() {
+		r.Abort(nil)
+		for deadline := time.Now().Add(5 * time.Second); !er.ended.Load() && time.Now().Before(deadline); {
+			time.Sleep(time.Millisecond)
+		}
+	})
 	return er
 }
 
