@@ -1035,10 +1035,15 @@ func (c *ServerConn) maybeDoneLocked(s *ServerStream) {
 	}
 }
 
-// runHandler is the goroutine of one request stream.
+// runHandler is the goroutine of one request stream. A handler that detached the stream leaves
+// its end to the finish Detach gave it.
 func (c *ServerConn) runHandler(s *ServerStream) {
-	defer c.handlers.Done()
-	defer c.handlerReturned(s)
+	defer func() {
+		if !s.detached {
+			c.handlerReturned(s)
+			c.handlers.Done()
+		}
+	}()
 	c.handle(s)
 }
 

@@ -44,8 +44,9 @@ var (
 
 // ServerStream is one request stream of a ServerConn, handed to the handler on its own goroutine.
 // Read may run concurrently with WriteHeaders/WriteData (a tunnel reads and writes at once), and
-// Reset may be called from any goroutine. Nothing may be called after the handler has returned:
-// the handler owns every goroutine that uses the stream and waits for them.
+// Reset may be called from any goroutine. Nothing may be called after the handler has returned
+// (after finish, for a stream the handler detached): the handler owns every goroutine that uses
+// the stream and waits for them.
 type ServerStream struct {
 	c         *ServerConn
 	id        uint32
@@ -75,6 +76,8 @@ type ServerStream struct {
 	sink         func(p []byte) int // see SetDataSink; nil: every DATA byte goes through Read
 	readHook     func()             // see SetReadHook
 	consuming    bool               // the handler has bytes from Read it has not finished with
+
+	detached bool // see Detach; owned by the handler's goroutine
 }
 
 // Headers returns the request in the proxy's internal shape: CheckFields and RequestFromH2 have
@@ -143,6 +146,21 @@ func (s *ServerStream) SetDataSink(sink func(p []byte) int) {
 	s.c.mu.Lock()
 	defer s.c.mu.Unlock()
 	s.sink = sink
+}
+
+// Detach lets the handler's goroutine return while the stream goes on, carried by callbacks (a
+// read hook, a data sink, the tunnel engine) instead of a goroutine that would only wait: an idle
+// tunnel then holds no goroutine of its own. The stream counts as the handler's until finish is
+// called, which must be, once, when nothing uses the stream any more: it does what the handler's
+// return would have (the connection's Serve waits for it as for a handler). Detach must be called
+// on the handler's goroutine, before the handler returns.
+func (s *ServerStream) Detach() (finish func()) {
+	s.detached = true
+	c := s.c
+	return sync.OnceFunc(func() {
+		defer c.handlers.Done()
+		c.handlerReturned(s)
+	})
 }
 
 // SetReadHook has the connection's reader call hook whenever a Read would newly return at once:
