@@ -13,5 +13,9 @@ func init() {
 	if os.Getenv("SYP_MEMRATE") != "" {
 		runtime.MemProfileRate = 64
 	}
-	go http.ListenAndServe("127.0.0.1:6060", nil)
+	addr := os.Getenv("SYP_ADDR") // two processes of a chain need two ports
+	if addr == "" {
+		addr = "127.0.0.1:6060"
+	}
+	go http.ListenAndServe(addr, nil)
 }

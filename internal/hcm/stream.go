@@ -85,6 +85,12 @@ type stream struct {
 	pumpStarted  bool // it went on demand (PumpOnDemand)
 	pumpFinished bool // the client's side ended (or failed) through the on-demand pump
 
+	// Leaving a tunnel that runs on callbacks alone (see LeaveTunnel).
+	unattended bool       // the router's part needs no goroutine; set on the stream's goroutine
+	left       bool       // the stream's goroutine left: end ends the stream; owned by that goroutine
+	doneMu     sync.Mutex // orders onDone against markDone
+	onDone     func()     // run once done closes, after the goroutine left
+
 	// For the hand-off, which re-arms the timers on the record that outlives the stream.
 	idleTimeout time.Duration // 0: none
 	deadline    time.Time     // max_stream_duration; zero: none
@@ -118,7 +124,7 @@ func (s *stream) run() bool {
 	ms.RqTotal.Inc()
 	ms.RqActive.Inc()
 	defer func() {
-		if !s.detached {
+		if !s.detached && !s.left {
 			s.end()
 		}
 	}()
@@ -190,6 +196,9 @@ func (s *stream) run() bool {
 	s.pumpEligible = !end && s.canPumpOnDemand()
 	s.dec.pushHeaders(h, end) // the router may call PumpOnDemand, and run the tunnel, in here
 	if s.pumpStarted {
+		if s.unattended && s.leave() {
+			return false
+		}
 		s.stopPumpOnDemand()
 	}
 	if !end && !s.aborted() && !s.pumpFinished {
@@ -455,6 +464,43 @@ func (s *stream) pumpReady() (ended bool) {
 	return false
 }
 
+// LeaveTunnel is the router saying its part of the tunnel needs no goroutine any more (see
+// router.TunnelLeaver). It runs on the stream's goroutine, inside DecodeHeaders.
+func (s *stream) LeaveTunnel() { s.unattended = true }
+
+// leave lets the stream's goroutine return while the tunnel goes on: the on-demand pump carries
+// the client's bytes, the router's callbacks the upstream's, and what the goroutine would have
+// done once the tunnel ended (take the pump back, read what the client still sends, end the
+// stream, return the stream to the codec) runs on a goroutine started when the stream is done or
+// its context ends. It reports false, changing nothing, when the stream is done already.
+func (s *stream) leave() bool {
+	d := s.down.(*h2Stream) // the on-demand pump is only ever an HTTP/2 stream's
+	s.doneMu.Lock()
+	defer s.doneMu.Unlock()
+	if s.respFinished() {
+		return false
+	}
+	finish := d.st.Detach()
+	var once sync.Once
+	resume := func() {
+		once.Do(func() {
+			workers.Go(func() {
+				s.stopPumpOnDemand()
+				if !s.pumpFinished && !s.aborted() {
+					s.pumpRequest()
+				}
+				s.end()
+				finish()
+			})
+		})
+	}
+	// The watch ends with the context, which end cancels.
+	context.AfterFunc(s.ctx, resume)
+	s.onDone = resume
+	s.left = true
+	return true
+}
+
 // maybeTunnelDone ends a tunnel once both halves have ended.
 func (s *stream) maybeTunnelDone() {
 	if s.upEnded.Load() && s.downEnded.Load() {
@@ -477,6 +523,13 @@ func (s *stream) markDone() {
 		if !s.decodeDone.Load() || s.upgrade != "" {
 			// The request is still arriving (or is a tunnel) and the exchange is over: stop reading.
 			s.down.abortRead()
+		}
+		s.doneMu.Lock()
+		onDone := s.onDone
+		s.onDone = nil
+		s.doneMu.Unlock()
+		if onDone != nil {
+			onDone()
 		}
 	})
 }

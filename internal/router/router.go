@@ -67,6 +67,15 @@ type TunnelPumper interface {
 	PumpOnDemand() bool
 }
 
+// TunnelLeaver is implemented by a stream whose goroutine can leave a tunnel that runs on
+// callbacks alone. After PumpOnDemand, a router whose upstream side also needs no goroutine (the
+// tunnel engine reads the upstream) calls LeaveTunnel before DecodeHeaders returns while the
+// tunnel goes on: the stream's goroutine then returns too, and the stream ends when the tunnel
+// does, on a goroutine started for that. An idle tunnel then holds no goroutine of its own.
+type TunnelLeaver interface {
+	LeaveTunnel()
+}
+
 // TunnelEncoder is implemented by a stream whose client can be written to by the goroutine that
 // reads an HTTP/2 upstream's frames (the upstream connection's reader), skipping the router's pump
 // and its copy. The function it returns never blocks: it writes what the client's socket takes at

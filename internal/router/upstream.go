@@ -507,20 +507,23 @@ func (r *routerFilter) tunnel(att *attempt, resp *upResponse) {
 // kernel in one io_uring batch. What the encoder cannot take now (a window or the client's socket
 // is full, a drain is closing the tunnel) goes through EncodeData on a goroutine of its own while
 // the engine reads nothing more from that upstream: the tunnel holds at most one read's bytes
-// beyond the stream's limits. The router's goroutine waits for the end.
+// beyond the stream's limits. No goroutine waits for the end either: the router's run returns
+// once the engine reads (the request's accounting then ends in OnDestroy, as with the on-demand
+// pump), the stream's goroutine may leave too (TunnelLeaver), and the engine's Done passes the
+// end on from a goroutine started for it.
 
 // engineRead is one upstream read by the engine.
 type engineRead struct {
-	r       *routerFilter
-	u       *h1Upstream
-	write   func(p []byte) int // the stream's TunnelEncoder
-	rd      *tunnel.Reader
-	started chan struct{} // closed once rd is set
-	done    chan error
+	r         *routerFilter
+	u         *h1Upstream
+	write     func(p []byte) int // the stream's TunnelEncoder
+	rd        *tunnel.Reader
+	stopWatch func() bool   // ends the watch on the stream's context
+	started   chan struct{} // closed once rd and stopWatch are set
 }
 
-// readUpstreamOnEngine carries the upstream side of the tunnel on the engine until it ends, and
-// passes the end on. It reports false, having done nothing, when the engine cannot take it.
+// readUpstreamOnEngine has the engine carry the upstream side of the tunnel, and the end passed
+// on when it comes. It reports false, having done nothing, when the engine cannot take it.
 func (r *routerFilter) readUpstreamOnEngine(u *h1Upstream) bool {
 	enc, ok := r.info.(TunnelEncoder)
 	if !ok || !tunnel.Pluggable(u.conn) {
@@ -530,7 +533,7 @@ func (r *routerFilter) readUpstreamOnEngine(u *h1Upstream) bool {
 	if write == nil {
 		return false
 	}
-	er := &engineRead{r: r, u: u, write: write, started: make(chan struct{}), done: make(chan error, 1)}
+	er := &engineRead{r: r, u: u, write: write, started: make(chan struct{})}
 	u.readState.Store(engineReading)
 	if u.stop.Load() { // closed already: leave it to the usual pump, which sees that
 		u.readState.Store(engineNotReading)
@@ -540,26 +543,26 @@ func (r *routerFilter) readUpstreamOnEngine(u *h1Upstream) bool {
 	if ts, ok := r.info.(TunnelSender); ok {
 		opt.Sender = ts.TunnelSender()
 	}
+	r.wg.Add(1) // the engine's share, done once the end is passed on; OnDestroy waits for it
 	rd, err := tunnel.DefaultEngine().StartReader(opt)
 	if err != nil {
+		r.wg.Done()
 		if u.readState.Swap(engineNotReading) == engineCloseAsked {
 			go u.conn.Close()
 		}
 		return false
 	}
+	r.upPumped.Store(true) // the request ends in OnDestroy, not when run returns
 	er.rd = rd
+	er.stopWatch = context.AfterFunc(r.cb.Context(), func() { rd.Abort(nil) })
 	close(er.started)
 	u.reader.Store(rd)
 	if u.stop.Load() {
 		rd.Abort(nil) // close came first, and found no reader to stop
 	}
-	stop := context.AfterFunc(r.cb.Context(), func() { rd.Abort(nil) })
-	why := <-er.done
-	stop()
-	if why == nil {
-		why = io.EOF
+	if l, ok := r.info.(TunnelLeaver); ok {
+		l.LeaveTunnel()
 	}
-	r.upstreamEnded(why)
 	return true
 }
 
@@ -585,12 +588,22 @@ func (er *engineRead) deliver(p []byte) bool {
 	return false
 }
 
-// end is the engine's Done: from now on conn may be closed, and is if close asked meanwhile.
+// end is the engine's Done: from now on conn may be closed, and is if close asked meanwhile. The
+// end goes on to the client from a goroutine of its own, as EncodeData may wait.
 func (er *engineRead) end(why error) {
 	if er.u.readState.Swap(engineNotReading) == engineCloseAsked {
 		go er.u.conn.Close()
 	}
-	er.done <- why
+	workers.Go(func() {
+		r := er.r
+		defer r.wg.Done()
+		<-er.started
+		er.stopWatch()
+		if why == nil {
+			why = io.EOF
+		}
+		r.upstreamEnded(why)
+	})
 }
 
 // upstreamEnded passes on the end of a tunnel's upstream side: END_STREAM (or the FIN) after
