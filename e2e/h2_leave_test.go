@@ -30,13 +30,7 @@ func TestH2TunnelsEndWithoutTheirGoroutines(t *testing.T) {
 		up *harness.RawConn
 	}
 	open := func() tun {
-		id := c.connect("foo", "/")
-		u := app.Accept(5 * time.Second)
-		u.WaitForHead(5 * time.Second)
-		u.Write(upgSwitching("foo"))
-		if h := c.waitHead(id); h[":status"] != "200" {
-			t.Fatalf("stream %d: %v", id, h)
-		}
+		id, u := h2OpenFoo(t, c, app)
 		return tun{id, u}
 	}
 	// The first tunnel brings the connection's own goroutines; the others must add none.

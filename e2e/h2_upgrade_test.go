@@ -26,6 +26,19 @@ func h2FooHop(t *testing.T) (*harness.RawUpstream, *harness.Proxy, *h2Conn) {
 	return app, p, dialH2(t, p.Addr(""))
 }
 
+// h2OpenFoo opens a "foo" tunnel on c, which app accepts: the stream and the app's end of it.
+func h2OpenFoo(t *testing.T, c *h2Conn, app *harness.RawUpstream) (uint32, *harness.RawConn) {
+	t.Helper()
+	id := c.connect("foo", "/")
+	u := app.Accept(5 * time.Second)
+	u.WaitForHead(5 * time.Second)
+	u.Write(upgSwitching("foo"))
+	if h := c.waitHead(id); h[":status"] != "200" {
+		t.Fatalf("stream %d: %v", id, h)
+	}
+	return id, u
+}
+
 // h2Hop is one proxy of a chain and its stat prefix, for the end-of-test checks.
 type h2Hop struct {
 	p      *harness.Proxy
@@ -257,18 +270,8 @@ func TestH2ResetTearsDownOnlyItsTunnel(t *testing.T) {
 	app, p, c := h2FooHop(t)
 	defer c.close()
 
-	open := func() (uint32, *harness.RawConn) {
-		id := c.connect("foo", "/")
-		u := app.Accept(5 * time.Second)
-		u.WaitForHead(5 * time.Second)
-		u.Write(upgSwitching("foo"))
-		if h := c.waitHead(id); h[":status"] != "200" {
-			t.Fatalf("stream %d: %v", id, h)
-		}
-		return id, u
-	}
-	id1, u1 := open()
-	id2, u2 := open()
+	id1, u1 := h2OpenFoo(t, c, app)
+	id2, u2 := h2OpenFoo(t, c, app)
 	p.WaitStat("http.a.downstream_cx_upgrades_active", 2, 5*time.Second)
 
 	c.reset(id1, http2.ErrCodeCancel)
