@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"fmt"
+	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -91,4 +93,87 @@ func TestH2TunnelsEndWithoutTheirGoroutines(t *testing.T) {
 		p.WaitStat(s, 0, 5*time.Second)
 	}
 	waitGoroutines(t, p, g0)
+}
+
+// TestTwoHopTunnelsEndWithoutTheirGoroutines: through the seed's deployment, an open tunnel holds
+// no goroutine in the sidecar (its stream has left the tunnel to callbacks) and one in the front
+// (its client connection's, waiting for the client's bytes), and every way a tunnel ends still
+// ends it completely in both: the app closing first, the client half-closing first, the client
+// resetting its connection, the app resetting its connection (which the sidecar turns into a
+// stream reset, and the front into the client connection's close). Both proxies count
+// everything back to zero, and the front's goroutines are back where they were.
+func TestTwoHopTunnelsEndWithoutTheirGoroutines(t *testing.T) {
+	t.Parallel()
+	const perWay = 5
+	app := harness.NewRawUpstream(t)
+	front, sidecar := startSeed(t, app.Port())
+	type tun struct{ client, up *harness.RawConn }
+	open := func() tun {
+		c, u, _ := upgOpenTunnel(t, front, app, upgReq("/", "upgrade", "foo"), "foo")
+		return tun{c, u}
+	}
+	// The first tunnel brings the HTTP/2 connection between the proxies; the others add nothing.
+	tuns := []tun{open()}
+	front.WaitStat("http.front.downstream_cx_upgrades_active", 1, 5*time.Second)
+	time.Sleep(100 * time.Millisecond) // the first tunnel's goroutines that end, ended
+	g1front, g1sidecar := front.Goroutines(), sidecar.Goroutines()
+	for len(tuns) < 4*perWay {
+		tuns = append(tuns, open())
+	}
+	front.WaitStat("http.front.downstream_cx_upgrades_active", 4*perWay, 5*time.Second)
+	sidecar.WaitStat("http.sidecar.downstream_cx_upgrades_active", 4*perWay, 5*time.Second)
+	for i, tu := range tuns { // every tunnel carries both ways with no goroutine of its own
+		tu.client.Write(fmt.Sprintf("ping-%d;", i))
+		tu.up.WaitForData(fmt.Sprintf("ping-%d;", i), 5*time.Second)
+		tu.up.Write(fmt.Sprintf("pong-%d;", i))
+		tu.client.WaitForData(fmt.Sprintf("pong-%d;", i), 5*time.Second)
+	}
+	if g := sidecar.Goroutines(); g-g1sidecar > 5 {
+		t.Errorf("sidecar: %d open tunnels hold %d goroutines more than one did: want none each", 4*perWay-1, g-g1sidecar)
+	}
+	if g := front.Goroutines(); g-g1front > 4*perWay-1+5 {
+		t.Errorf("front: %d open tunnels hold %d goroutines more than one did: want one each", 4*perWay-1, g-g1front)
+	}
+
+	reset := func(c *harness.RawConn) {
+		c.Conn().(*net.TCPConn).SetLinger(0)
+		c.Close()
+	}
+	for i, tu := range tuns {
+		switch i % 4 {
+		case 0: // the app closes; the client sees the FIN and closes too
+			tu.up.Close()
+			tu.client.WaitForEOF(5 * time.Second)
+			tu.client.Close()
+		case 1: // the client half-closes; the app answers, then closes
+			tu.client.Write("bye;")
+			tu.client.CloseWrite()
+			if got := tu.up.WaitForEOF(5 * time.Second); !strings.HasSuffix(got, "bye;") {
+				t.Errorf("tunnel %d: the app got %q, want it to end with bye;", i, got)
+			}
+			tu.up.Write("last;")
+			tu.up.Close()
+			if got := tu.client.WaitForEOF(5 * time.Second); !strings.HasSuffix(got, "last;") {
+				t.Errorf("tunnel %d: the client got %q, want it to end with last;", i, got)
+			}
+			tu.client.Close()
+		case 2: // the client resets its connection
+			reset(tu.client)
+			tu.up.WaitForEOF(5 * time.Second)
+		case 3: // the app resets its connection: the client's connection closes
+			reset(tu.up)
+			tu.client.WaitForEOF(5 * time.Second)
+			tu.client.Close()
+		}
+	}
+	for _, s := range []string{"http.front.downstream_cx_upgrades_active", "http.front.downstream_rq_active",
+		"http.front.downstream_cx_active", "cluster.next.upstream_rq_active"} {
+		front.WaitStat(s, 0, 5*time.Second)
+	}
+	for _, s := range []string{"http.sidecar.downstream_cx_upgrades_active", "http.sidecar.downstream_rq_active",
+		"http.sidecar.http2.streams_active", "cluster.next.upstream_rq_active"} {
+		sidecar.WaitStat(s, 0, 5*time.Second)
+	}
+	// The front's pool keeps its HTTP/2 connection to the sidecar, and that connection's goroutines.
+	waitGoroutines(t, front, g1front)
 }
