@@ -423,6 +423,11 @@ func (r *routerFilter) tunnel(att *attempt, resp *upResponse) {
 	h := resp.h
 	r.responseHeaders(h)
 	r.cb.EncodeHeaders(h, false)
+	// What only the handshake needed goes now: an open tunnel should hold as little as possible.
+	r.upHeaders, r.respAdd, r.respDel = nil, nil, nil
+	if u, ok := up.(*h1Upstream); ok {
+		u.resp = nil
+	}
 
 	// Flush what the client sent while we waited, then let DecodeData write directly.
 	att.wmu.Lock()
@@ -557,6 +562,7 @@ func (r *routerFilter) readUpstreamOnEngine(u *h1Upstream) bool {
 	er.stopWatch = context.AfterFunc(r.cb.Context(), func() { rd.Abort(nil) })
 	close(er.started)
 	u.reader.Store(rd)
+	u.raw = nil // the engine reads the socket now
 	if u.stop.Load() {
 		rd.Abort(nil) // close came first, and found no reader to stop
 	}
@@ -666,9 +672,6 @@ func (r *routerFilter) handOff(att *attempt) bool {
 		return false
 	}
 	r.handedOff.Store(true)
-	// What only the handshake needed goes now: an idle tunnel should hold as little as possible.
-	r.upHeaders, r.respAdd, r.respDel = nil, nil, nil
-	u.resp = nil
 	if !taker.OfferTunnel(u.conn, &r.wsUp, func() func() { return r.detach(u) }) {
 		r.handedOff.Store(false)
 		if r.goAway.Load() {
