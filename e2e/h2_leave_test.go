@@ -96,9 +96,9 @@ func TestH2TunnelsEndWithoutTheirGoroutines(t *testing.T) {
 }
 
 // TestTwoHopTunnelsEndWithoutTheirGoroutines: through the seed's deployment, an open tunnel holds
-// no goroutine in the sidecar (its stream has left the tunnel to callbacks) and one in the front
-// (its client connection's, waiting for the client's bytes), and every way a tunnel ends still
-// ends it completely in both: the app closing first, the client half-closing first, the client
+// no goroutine in the sidecar (its stream has left the tunnel to callbacks) and at most one in the
+// front (which reads a client that has just talked on a goroutine, and a quiet one on the engine),
+// and every way a tunnel ends still ends it completely in both: the app closing first, the client half-closing first, the client
 // resetting its connection, the app resetting its connection (which the sidecar turns into a
 // stream reset, and the front into the client connection's close). Both proxies count
 // everything back to zero, and the front's goroutines are back where they were.
@@ -176,4 +176,79 @@ func TestTwoHopTunnelsEndWithoutTheirGoroutines(t *testing.T) {
 	}
 	// The front's pool keeps its HTTP/2 connection to the sidecar, and that connection's goroutines.
 	waitGoroutines(t, front, g1front)
+}
+
+// TestTwoHopQuietClientGoesToTheEngine: the front reads a quiet client on the tunnel engine and a
+// talking one on a goroutine of its own. A tunnel that has been quiet for over a second holds no
+// goroutine in the front; when its client talks again (here a 1 MiB burst against a 32 KiB
+// buffer limit, more than the engine's reads may queue before the pump takes them back: they
+// pause and resume on the way) every byte reaches the app in order, the app's answer comes
+// back, and once quiet again the tunnel holds no goroutine. The tunnels then end, and the front
+// counts everything back.
+func TestTwoHopQuietClientGoesToTheEngine(t *testing.T) {
+	t.Parallel()
+	const n = 8
+	app := harness.NewRawUpstream(t)
+	upgrades := "[{upgrade_type: foo}]"
+	sidecar := harness.Start(t, seedYAML("sidecar", h2ListenerConnect, app.Port(), false, upgrades))
+	frontYAML := seedYAML("front", "          codec_type: HTTP1", portOf(t, sidecar.Addr("")), true, upgrades)
+	listener := "  - name: front\n    address: {socket_address: {address: 127.0.0.1, port_value: 0}}\n"
+	if !strings.Contains(frontYAML, listener) {
+		t.Fatalf("the seed's front config has no listener line %q", listener)
+	}
+	frontYAML = strings.Replace(frontYAML, listener, listener+"    per_connection_buffer_limit_bytes: 32768\n", 1)
+	front := harness.Start(t, frontYAML)
+	type tun struct{ client, up *harness.RawConn }
+	open := func() tun {
+		c, u, _ := upgOpenTunnel(t, front, app, upgReq("/", "upgrade", "foo"), "foo")
+		return tun{c, u}
+	}
+	tuns := []tun{open()}
+	front.WaitStat("http.front.downstream_cx_upgrades_active", 1, 5*time.Second)
+	time.Sleep(100 * time.Millisecond)
+	g1 := front.Goroutines()
+	for len(tuns) < n {
+		tuns = append(tuns, open())
+	}
+	quiet := func(when string) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for front.Goroutines() > g1+3 {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: the front holds %d goroutines, %d with one quiet tunnel: quiet tunnels should hold none", when, front.Goroutines(), g1)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	quiet("after the upgrades")
+	burst := make([]byte, 1<<20)
+	for i := range burst {
+		burst[i] = byte('a' + i%26)
+	}
+	for round := 0; round < 2; round++ {
+		for i, tu := range tuns {
+			head := fmt.Sprintf("round-%d-%d;", round, i)
+			tu.client.Write(head + string(burst) + "end;")
+		}
+		for i, tu := range tuns {
+			head := fmt.Sprintf("round-%d-%d;", round, i)
+			got := tu.up.WaitForData(head+string(burst)+"end;", 10*time.Second)
+			if !strings.HasSuffix(got, head+string(burst)+"end;") {
+				t.Fatalf("round %d, tunnel %d: the app's bytes do not end with the burst, in order", round, i)
+			}
+			tu.up.Write(head + "ack;")
+			tu.client.WaitForData(head+"ack;", 5*time.Second)
+		}
+		quiet(fmt.Sprintf("after round %d", round))
+	}
+	for _, tu := range tuns {
+		tu.client.Close()
+		tu.up.WaitForEOF(5 * time.Second)
+		tu.up.Close()
+	}
+	for _, s := range []string{"http.front.downstream_cx_upgrades_active", "http.front.downstream_rq_active",
+		"http.front.downstream_cx_active"} {
+		front.WaitStat(s, 0, 5*time.Second)
+	}
+	waitGoroutines(t, front, g1)
 }

@@ -245,6 +245,9 @@ func (d *h1Stream) reset() {
 		t.Abort(errStreamEnded) // the engine's Done closes the connection
 		return
 	}
+	if d.s.abortReads(errStreamEnded) {
+		return // the engine reads the socket: its Done ends the connection
+	}
 	// The decode pump may be inside streamTunnel, holding the socket, and may be about to reset
 	// the stream itself (resetOnce would then wait for this Close, and this Close for the pump):
 	// stop it, and close beside it.

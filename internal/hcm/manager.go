@@ -231,6 +231,7 @@ type conn struct {
 type lifetime struct {
 	fns      []lifeFn
 	detached bool   // set by the connection's goroutine before it returns
+	left     bool   // the goroutine returned with the connection open: see leave
 	onDetach func() // the owner's ConnHooks.Detached
 }
 
@@ -276,6 +277,18 @@ func (l *lifetime) detach() (end func()) {
 		for _, f := range rest {
 			f()
 		}
+	}
+}
+
+// leave is the connection's goroutine returning while the connection goes on, its client's reads
+// on the tunnel engine: the owner forgets the net.Conn as for a detach (Close reaches the stream
+// through AbortTunnels, and must not close the socket under the engine), and whoever ends the
+// stream calls end.
+func (l *lifetime) leave() {
+	l.left = true
+	if l.onDetach != nil {
+		l.onDetach()
+		l.onDetach = nil
 	}
 }
 
@@ -342,7 +355,7 @@ func (c *countingConn) CloseWrite() error {
 func (m *Manager) ServeConn(ctx context.Context, nc net.Conn, hooks ConnHooks) {
 	life := &lifetime{onDetach: hooks.Detached}
 	defer func() {
-		if !life.detached {
+		if !life.detached && !life.left {
 			life.end()
 		}
 	}()

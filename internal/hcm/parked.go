@@ -179,12 +179,13 @@ type openTunnel interface {
 	abortEngine()
 }
 
-// abortEngine aborts the stream's engine tunnel, if the engine took it; a stream still carrying
-// its tunnel ends with the server's context instead.
+// abortEngine aborts the stream's engine tunnel, if the engine took it, or the engine's reads of
+// its client; a stream still carrying its tunnel ends with the server's context instead.
 func (s *stream) abortEngine() {
 	if t := s.engine.Load(); t != nil {
 		t.Abort(errStreamEnded)
 	}
+	s.abortReads(errStreamEnded)
 }
 
 func (m *Manager) trackTunnel(t openTunnel) {

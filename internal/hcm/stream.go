@@ -78,6 +78,10 @@ type stream struct {
 	detached  bool     // the engine carries the tunnel; set by the decode goroutine
 	engine    atomic.Pointer[tunnel.Tunnel]
 
+	// The engine reading an HTTP/1.1 client's side of a tunnel (see ReadClientOnEngine).
+	readsOffered bool // guarded by handoffMu
+	clientReads  atomic.Pointer[clientReads]
+
 	// The on-demand decode pump of an HTTP/2 tunnel (see PumpOnDemand). The bools are owned by
 	// the stream's goroutine.
 	pump         workers.Demand
@@ -209,8 +213,8 @@ func (s *stream) run() bool {
 			s.pumpRequest()
 		}
 	}
-	if s.detached {
-		return false // the engine has the connection now
+	if s.detached || s.left {
+		return false // the engine has the connection now, or its client's side
 	}
 	select {
 	case <-s.done:
@@ -355,7 +359,7 @@ func (s *stream) pumpRequest() {
 	}
 	var b buffer.Buffer // reused for every slab: the chain copies what it keeps
 	if d, ok := s.down.(*h1Stream); ok && tunnelMode {
-		err := d.streamTunnel(func(p []byte) bool {
+		pass := func(p []byte) bool {
 			if s.aborted() {
 				return false
 			}
@@ -364,14 +368,15 @@ func (s *stream) pumpRequest() {
 			b.SetBytes(p)
 			s.dec.pushData(&b, false)
 			return true
-		})
+		}
+		err := d.streamTunnel(pass)
 		if s.aborted() {
 			return
 		}
 		if err == nil {
 			err = io.EOF
 		}
-		if s.takeHandoff(err) {
+		if s.takeClientReads(err, pass) || s.takeHandoff(err) {
 			return
 		}
 		s.pumpEnded(err, true)

@@ -67,6 +67,15 @@ type TunnelPumper interface {
 	PumpOnDemand() bool
 }
 
+// ClientReadTaker is implemented by a stream whose client's side of a tunnel the tunnel engine
+// can read (an HTTP/1.1 client on a plain socket, the router alone in the chain). A router whose
+// upstream side needs no goroutine (an HTTP/2 upstream's reader writes to the client) calls
+// ReadClientOnEngine once DecodeData writes straight to the upstream: the stream's decode pump
+// then lets the engine read the client, and its goroutine returns.
+type ClientReadTaker interface {
+	ReadClientOnEngine()
+}
+
 // TunnelLeaver is implemented by a stream whose goroutine can leave a tunnel that runs on
 // callbacks alone. After PumpOnDemand, a router whose upstream side also needs no goroutine (the
 // tunnel engine reads the upstream) calls LeaveTunnel before DecodeHeaders returns while the

@@ -466,6 +466,9 @@ func (r *routerFilter) tunnel(att *attempt, resp *upResponse) {
 			if write := enc.TunnelEncoder(); write != nil {
 				u.st.SetDataSink(write)
 				r.pumpUpstreamOnDemand(u)
+				if t, ok := r.info.(ClientReadTaker); ok {
+					t.ReadClientOnEngine()
+				}
 				return
 			}
 		}
