@@ -98,22 +98,19 @@ func TestH2TunnelsEndWithoutTheirGoroutines(t *testing.T) {
 // TestTwoHopTunnelsEndWithoutTheirGoroutines: through the seed's deployment, an open tunnel holds
 // no goroutine in the sidecar (its stream has left the tunnel to callbacks) and at most one in the
 // front (which reads a client that has just talked on a goroutine, and a quiet one on the engine),
-// and every way a tunnel ends still ends it completely in both: the app closing first, the client half-closing first, the client
-// resetting its connection, the app resetting its connection (which the sidecar turns into a
-// stream reset, and the front into the client connection's close). Both proxies count
-// everything back to zero, and the front's goroutines are back where they were.
+// and every way a tunnel ends still ends it completely in both: the app closing first, the
+// client half-closing first, the client resetting its connection, the app resetting its
+// connection (which the sidecar turns into a stream reset, and the front into the client
+// connection's close). Both proxies count everything back to zero, and the front's goroutines are
+// back where they were.
 func TestTwoHopTunnelsEndWithoutTheirGoroutines(t *testing.T) {
 	t.Parallel()
 	const perWay = 5
 	app := harness.NewRawUpstream(t)
 	front, sidecar := startSeed(t, app.Port())
-	type tun struct{ client, up *harness.RawConn }
-	open := func() tun {
-		c, u, _ := upgOpenTunnel(t, front, app, upgReq("/", "upgrade", "foo"), "foo")
-		return tun{c, u}
-	}
+	open := func() hopTunnel { return openFooThrough(t, front, app) }
 	// The first tunnel brings the HTTP/2 connection between the proxies; the others add nothing.
-	tuns := []tun{open()}
+	tuns := []hopTunnel{open()}
 	front.WaitStat("http.front.downstream_cx_upgrades_active", 1, 5*time.Second)
 	time.Sleep(100 * time.Millisecond) // the first tunnel's goroutines that end, ended
 	g1front, g1sidecar := front.Goroutines(), sidecar.Goroutines()
@@ -198,12 +195,8 @@ func TestTwoHopQuietClientGoesToTheEngine(t *testing.T) {
 	}
 	frontYAML = strings.Replace(frontYAML, listener, listener+"    per_connection_buffer_limit_bytes: 32768\n", 1)
 	front := harness.Start(t, frontYAML)
-	type tun struct{ client, up *harness.RawConn }
-	open := func() tun {
-		c, u, _ := upgOpenTunnel(t, front, app, upgReq("/", "upgrade", "foo"), "foo")
-		return tun{c, u}
-	}
-	tuns := []tun{open()}
+	open := func() hopTunnel { return openFooThrough(t, front, app) }
+	tuns := []hopTunnel{open()}
 	front.WaitStat("http.front.downstream_cx_upgrades_active", 1, 5*time.Second)
 	time.Sleep(100 * time.Millisecond)
 	g1 := front.Goroutines()
@@ -251,4 +244,14 @@ func TestTwoHopQuietClientGoesToTheEngine(t *testing.T) {
 		front.WaitStat(s, 0, 5*time.Second)
 	}
 	waitGoroutines(t, front, g1)
+}
+
+// hopTunnel is a "foo" tunnel through a proxy: the client's end and the app's.
+type hopTunnel struct{ client, up *harness.RawConn }
+
+// openFooThrough opens a "foo" tunnel from a new HTTP/1.1 client through p to app, which accepts it.
+func openFooThrough(t *testing.T, p *harness.Proxy, app *harness.RawUpstream) hopTunnel {
+	t.Helper()
+	c, u, _ := upgOpenTunnel(t, p, app, upgReq("/", "upgrade", "foo"), "foo")
+	return hopTunnel{c, u}
 }
