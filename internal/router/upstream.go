@@ -522,12 +522,11 @@ func (r *routerFilter) tunnel(att *attempt, resp *upResponse) {
 
 // engineRead is one upstream read by the engine.
 type engineRead struct {
-	r         *routerFilter
-	u         *h1Upstream
-	write     func(p []byte) int // the stream's TunnelEncoder
-	rd        *tunnel.Reader
-	stopWatch func() bool   // ends the watch on the stream's context
-	started   chan struct{} // closed once rd and stopWatch are set
+	r       *routerFilter
+	u       *h1Upstream
+	write   func(p []byte) int // the stream's TunnelEncoder
+	rd      *tunnel.Reader
+	started chan struct{} // closed once rd is set
 }
 
 // readUpstreamOnEngine has the engine carry the upstream side of the tunnel, and the end passed
@@ -562,7 +561,8 @@ func (r *routerFilter) readUpstreamOnEngine(u *h1Upstream) bool {
 	}
 	r.upPumped.Store(true) // the request ends in OnDestroy, not when run returns
 	er.rd = rd
-	er.stopWatch = context.AfterFunc(r.cb.Context(), func() { rd.Abort(nil) })
+	// The stream's end reaches the engine through the router's watch on its context, which
+	// aborts the attempt: the upstream's close (h1Upstream.close) aborts the reads.
 	close(er.started)
 	u.reader.Store(rd)
 	u.raw = nil // the engine reads the socket now
@@ -607,7 +607,6 @@ func (er *engineRead) end(why error) {
 		r := er.r
 		defer r.wg.Done()
 		<-er.started
-		er.stopWatch()
 		if why == nil {
 			why = io.EOF
 		}
