@@ -169,10 +169,9 @@ func (m *Manager) serveH2(ctx context.Context, nc net.Conn, c *conn, scheme stri
 		st.SetAccount(str.acct)
 		str.run()
 	})
-	stop := context.AfterFunc(ctx, sc.Close)
-	defer stop()
 	defer m.track(h2Drainer{sc})()
-	sc.Serve(ctx)
+	sc.Serve(ctx) // which closes sc when ctx ends
+
 }
 
 // h2Drainer drains an HTTP/2 connection with a graceful GOAWAY.

@@ -412,6 +412,10 @@ func (m *Manager) ServeConn(ctx context.Context, nc net.Conn, hooks ConnHooks) {
 		}
 	}
 	if useH2 {
+		// The codec watches the context itself (its Close ends the connection's reads): the
+		// wake-up the sniffing read needed can go, and an idle connection holds one watch less.
+		c.stopWake()
+		c.stopWake = nil
 		m.serveH2(ctx, nc, c, scheme)
 		return
 	}
