@@ -3,6 +3,8 @@ package e2e
 import (
 	"fmt"
 	"net"
+	"net/http"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -254,4 +256,109 @@ func openFooThrough(t *testing.T, p *harness.Proxy, app *harness.RawUpstream) ho
 	t.Helper()
 	c, u, _ := upgOpenTunnel(t, p, app, upgReq("/", "upgrade", "foo"), "foo")
 	return hopTunnel{c, u}
+}
+
+// TestQuietH2ConnectionsGoToTheEngine: an HTTP/2 connection whose client has been quiet for a
+// second is read by the tunnel engine, and holds no goroutine. Whatever its client then sends is
+// handled as before — a 512 KiB burst on one tunnel (more than the engine's reads queue before a
+// goroutine takes them back: they pause on the way), a stream reset, the connection dropped
+// without a word — and a connection that is quiet again goes back to the engine. A drain's GOAWAY
+// reaches a quiet connection, and the proxy's exit closes one.
+func TestQuietH2ConnectionsGoToTheEngine(t *testing.T) {
+	t.Parallel()
+	const conns, perConn = 3, 4
+	app := harness.NewRawUpstream(t)
+	p := harness.Start(t, seedYAML("a", h2ListenerConnect, app.Port(), false, "[{upgrade_type: foo}]"))
+	type conn struct {
+		c   *h2Conn
+		ids []uint32
+		ups []*harness.RawConn
+	}
+	cs := make([]conn, conns)
+	open := func(i, tunnels int) {
+		cs[i].c = dialH2(t, p.Addr(""))
+		for range tunnels {
+			id, u := h2OpenFoo(t, cs[i].c, app)
+			cs[i].ids, cs[i].ups = append(cs[i].ids, id), append(cs[i].ups, u)
+		}
+	}
+	var g1 int64
+	quiet := func(when string) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for p.Goroutines() > g1 {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: %d goroutines, %d with one quiet connection: quiet connections should hold none", when, p.Goroutines(), g1)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	// The first connection's tunnels start every loop of the engine (one per CPU, each a goroutine
+	// of its own, taken in turn); once it is quiet, the others must add no goroutine.
+	open(0, max(perConn, runtime.NumCPU()))
+	time.Sleep(2500 * time.Millisecond) // quiet for a second, or at most two, then parked
+	g1 = p.Goroutines()
+	for i := 1; i < conns; i++ {
+		open(i, perConn)
+	}
+	total := len(cs[0].ids) + (conns-1)*perConn
+	p.WaitStat("http.a.downstream_cx_upgrades_active", int64(total), 5*time.Second)
+	quiet("after the upgrades")
+
+	// A burst from a quiet client, in 16 KiB frames, and the app's answer.
+	a := cs[0]
+	chunk := strings.Repeat("0123456789abcdef", 1024)
+	var want strings.Builder
+	for i := range 32 {
+		frame := fmt.Sprintf("%03d", i) + chunk[3:]
+		a.c.send(a.ids[0], frame, false)
+		want.WriteString(frame)
+	}
+	if got := a.ups[0].WaitForData(want.String(), 10*time.Second); !strings.HasSuffix(got, want.String()) {
+		t.Fatalf("the app's %d bytes do not end with the %d the client sent, in order", len(got), want.Len())
+	}
+	a.ups[0].Write("ack;")
+	a.c.waitData(a.ids[0], "ack;")
+	quiet("after the burst")
+
+	// A reset from a quiet client ends its stream only.
+	b := cs[1]
+	b.c.reset(b.ids[0], http2.ErrCodeCancel)
+	b.ups[0].WaitForEOF(5 * time.Second)
+	b.c.send(b.ids[1], "still;", false)
+	b.ups[1].WaitForData("still;", 5*time.Second)
+	quiet("after the reset")
+
+	// A quiet client's connection drops: its tunnels end, and the others carry on.
+	a.c.close()
+	for _, u := range a.ups {
+		u.WaitForEOF(5 * time.Second)
+	}
+	p.WaitStat("http.a.downstream_cx_upgrades_active", int64(total-len(a.ids)-1), 5*time.Second)
+	p.WaitStat("http.a.downstream_cx_active", conns-1, 5*time.Second)
+	c := cs[2]
+	c.ups[0].Write("app;")
+	c.c.waitData(c.ids[0], "app;")
+	quiet("after the drop")
+
+	// A drain reaches the quiet connections with GOAWAY; the proxy's exit closes them.
+	resp, err := http.Post("http://"+p.Admin+"/drain_listeners?graceful", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	b.c.waitGoAway()
+	c.c.waitGoAway()
+	c.c.send(c.ids[1], "after-goaway;", false) // open streams carry on through a drain
+	c.ups[1].WaitForData("after-goaway;", 5*time.Second)
+	if resp, err = http.Post("http://"+p.Admin+"/quitquitquit", "", nil); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if err := p.WaitExit(10 * time.Second); err != nil {
+		t.Fatalf("the proxy did not exit with quiet connections open: %v", err)
+	}
+	for _, k := range []int{1, 2} {
+		cs[k].c.wait("the connection's close", 5*time.Second, func() bool { return cs[k].c.readErr != nil })
+	}
 }

@@ -3,6 +3,7 @@
 package main
 
 import (
+	_ "expvar" // memstats at /debug/vars
 	"net/http"
 	_ "net/http/pprof"
 	"os"

@@ -129,7 +129,8 @@ func (d *h2Stream) keepAlive() bool { return true }
 // h2Config turns the HCM's http2_protocol_options and drain_timeout into the server codec's
 // settings.
 func h2Config(o *config.HTTP2Options, maxHeadersKB int, drain time.Duration, st *http2.Stats) http2.ServerConfig {
-	cfg := http2.ServerConfig{Stats: st, MaxHeaderListSize: uint32(maxHeadersKB) * 1024, DrainTimeout: drain}
+	cfg := http2.ServerConfig{Stats: st, MaxHeaderListSize: uint32(maxHeadersKB) * 1024, DrainTimeout: drain,
+		ParkReads: parkOnEngine, QuietBeforePark: quietBeforeEngine}
 	if drain == 0 {
 		cfg.DrainTimeout = -1 // drain_timeout: 0s, the final GOAWAY at once (zero is the codec's default)
 	}
@@ -153,11 +154,14 @@ func h2Config(o *config.HTTP2Options, maxHeadersKB int, drain time.Duration, st 
 }
 
 // serveH2 serves an HTTP/2 connection: one stream goroutine per request, owned by the codec.
+// Once the client has been quiet for quietBeforeEngine, the tunnel engine reads the connection
+// and this goroutine returns with the connection open (lifetime.leave); the codec ends the
+// connection's lifetime when the connection is over.
 func (m *Manager) serveH2(ctx context.Context, nc net.Conn, c *conn, scheme string) {
 	s := m.stats
 	s.CxHTTP2Total.Inc()
 	s.CxHTTP2Active.Inc()
-	defer s.CxHTTP2Active.Dec()
+	c.life.add(s.CxHTTP2Active.Dec)
 	remote := nc.RemoteAddr().String()
 	br := c.br
 	c.br = nil // the HTTP/2 connection owns it now
@@ -169,9 +173,14 @@ func (m *Manager) serveH2(ctx context.Context, nc net.Conn, c *conn, scheme stri
 		st.SetAccount(str.acct)
 		str.run()
 	})
-	defer m.track(h2Drainer{sc})()
-	sc.Serve(ctx) // which closes sc when ctx ends
+	c.life.addLocal(m.track(h2Drainer{sc}))
+	// Serve closes sc when ctx ends, parked or not.
+	sc.ServeLeaving(ctx, c.life.leave, func(error) { c.life.end() })
+}
 
+// parkOnEngine has the tunnel engine read a quiet HTTP/2 connection (http2.ReadParker).
+func parkOnEngine(nc net.Conn, deliver func(p []byte) bool, done func(why error)) (http2.ParkedReads, error) {
+	return tunnel.DefaultEngine().StartReader(tunnel.ReaderOptions{Conn: nc, Deliver: deliver, Done: done})
 }
 
 // h2Drainer drains an HTTP/2 connection with a graceful GOAWAY.

@@ -281,9 +281,10 @@ func (l *lifetime) detach() (end func()) {
 }
 
 // leave is the connection's goroutine returning while the connection goes on, its client's reads
-// on the tunnel engine: the owner forgets the net.Conn as for a detach (Close reaches the stream
-// through AbortTunnels, and must not close the socket under the engine), and whoever ends the
-// stream calls end.
+// on the tunnel engine: the owner forgets the net.Conn as for a detach (Close must not close the
+// socket under the engine: it reaches an HTTP/1.1 tunnel through AbortTunnels, and an HTTP/2
+// connection through the codec's watch of the server's context), and whoever ends the connection
+// calls end.
 func (l *lifetime) leave() {
 	l.left = true
 	if l.onDetach != nil {

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	h2 "golang.org/x/net/http2"
 
@@ -50,6 +51,8 @@ type FrameSource struct {
 	buf  *[]byte
 	r, w int // unparsed bytes are (*buf)[r:w]
 	inq  rawsys.InqReader
+	// reads counts reads that brought bytes (see Reads).
+	reads uint64
 }
 
 // NewFrameSource reads from br until Serve takes over.
@@ -227,29 +230,35 @@ func RawSocket(nc net.Conn) (syscall.RawConn, ReadCounter) {
 // source's bufio.Reader is read first; afterwards it reads from that Reader again, unless it was
 // released (ReleaseReader).
 func (s *FrameSource) Serve(rc syscall.RawConn, counter ReadCounter, blockLimit int, stop *atomic.Bool, next func() error) error {
-	if n := s.br.Buffered(); n > 0 {
-		s.space()
-		p, _ := s.br.Peek(n)
-		s.w = copy(*s.buf, p)
-		s.br.Discard(n)
+	defer s.End()
+	return s.ServeSome(rc, counter, blockLimit, stop, next)
+}
+
+// ServeSome is Serve for a reader that may stop and go on later (a quiet connection whose reads
+// move to the tunnel engine): unparsed bytes stay in the source when it returns, and a later
+// call, or Feed, continues from them. Call End once the connection reads no more.
+func (s *FrameSource) ServeSome(rc syscall.RawConn, counter ReadCounter, blockLimit int, stop *atomic.Bool, next func() error) error {
+	if !s.raw {
+		if n := s.br.Buffered(); n > 0 {
+			s.space()
+			p, _ := s.br.Peek(n)
+			s.w = copy(*s.buf, p)
+			s.br.Discard(n)
+		}
+		if s.put != nil {
+			s.put(s.br)
+			s.br = nil
+		}
+		s.raw = true
+		// With the kernel's TCP_INQ hint a read says whether anything (bytes, or the FIN) is
+		// left, so the reader waits for the poller exactly when the socket is empty. Without it,
+		// it reads until EAGAIN: a read that merely came back short may have taken the last
+		// bytes with a FIN behind them, and the poller says nothing more about a FIN that was
+		// already there.
+		rc.Control(func(fd uintptr) { rawsys.EnableInq(int(fd)) })
 	}
-	if s.put != nil {
-		s.put(s.br)
-		s.br = nil
-	}
-	s.raw = true
-	defer func() {
-		s.r, s.w = 0, 0
-		s.release()
-		s.raw = false
-	}()
 	var why error
 	drained := false
-	// With the kernel's TCP_INQ hint a read says whether anything (bytes, or the FIN) is left, so
-	// the reader waits for the poller exactly when the socket is empty. Without it, it reads
-	// until EAGAIN: a read that merely came back short may have taken the last bytes with a FIN
-	// behind them, and the poller says nothing more about a FIN that was already there.
-	rc.Control(func(fd uintptr) { rawsys.EnableInq(int(fd)) })
 	err := rc.Read(func(fd uintptr) bool {
 		for {
 			for s.complete(blockLimit) {
@@ -285,6 +294,7 @@ func (s *FrameSource) Serve(rc syscall.RawConn, counter ReadCounter, blockLimit 
 				return true
 			}
 			s.w += n
+			s.reads++
 			if counter != nil {
 				counter.CountRead(n)
 			}
@@ -297,6 +307,34 @@ func (s *FrameSource) Serve(rc syscall.RawConn, counter ReadCounter, blockLimit 
 	return err
 }
 
+// End is the end of a connection's reads through ServeSome: the buffer goes back to its pool,
+// and reads find the end of the stream.
+func (s *FrameSource) End() {
+	s.r, s.w = 0, 0
+	if s.buf != nil {
+		s.release()
+	}
+	s.raw = false
+}
+
+// Feed adds bytes read from the socket elsewhere (the tunnel engine, while the connection was
+// quiet), for ServeSome to parse before it reads the socket again.
+func (s *FrameSource) Feed(p []byte) {
+	for len(p) > 0 {
+		n := copy(s.space(), p)
+		s.w += n
+		p = p[n:]
+	}
+	s.reads++
+}
+
+// Reads counts the socket reads that brought bytes (and Feeds): a reader tells from it whether
+// the connection was quiet since it last looked.
+func (s *FrameSource) Reads() uint64 { return s.reads }
+
+// Pending reports whether bytes of an incomplete frame are waiting for the rest.
+func (s *FrameSource) Pending() bool { return s.r < s.w }
+
 // serveRaw reads and processes frames from the socket until the connection ends; it returns why,
 // as serve does.
 func (c *ServerConn) serveRaw(rc syscall.RawConn, counter ReadCounter) error {
@@ -307,9 +345,17 @@ func (c *ServerConn) serveRaw(rc syscall.RawConn, counter ReadCounter) error {
 	}
 	c.raw = true
 	c.mu.Unlock()
-	c.br = nil                                                // the source gives it back to the pool (ReleaseReader)
+	c.br = nil // the source gives it back to the pool (ReleaseReader)
+	c.rc, c.counter = rc, counter
+	return c.readFrames()
+}
+
+// readFrames reads and processes frames on the goroutine that reads the connection (Serve's, or
+// a parked connection's pump), until the connection ends (it returns why) or it was quiet for
+// QuietBeforePark and its reads moved to ParkReads (errParked: the goroutine may go).
+func (c *ServerConn) readFrames() error {
 	blockLimit := max(2*int(c.cfg.MaxHeaderListSize), 32<<10) // as readBlock
-	err := c.src.Serve(rc, counter, blockLimit, &c.rawStop, func() error {
+	next := func() error {
 		f, err := c.readFrame()
 		if se, ok := err.(h2.StreamError); ok {
 			return c.peerStreamError(se)
@@ -317,12 +363,41 @@ func (c *ServerConn) serveRaw(rc syscall.RawConn, counter ReadCounter) error {
 			return err
 		}
 		return c.processFrame(f)
-	})
-	switch {
-	case errors.Is(err, ErrBlockInTooManyFrames):
-		return connErr(h2.ErrCodeEnhanceYourCalm, "header block in too many frames")
-	case errors.Is(err, net.ErrClosed) && c.rawStop.Load():
-		return errClosed
 	}
-	return err
+	for {
+		quiet := c.armQuiet()
+		reads := c.src.Reads()
+		err := c.src.ServeSome(c.rc, c.counter, blockLimit, &c.rawStop, next)
+		switch {
+		case errors.Is(err, ErrBlockInTooManyFrames):
+			return connErr(h2.ErrCodeEnhanceYourCalm, "header block in too many frames")
+		case errors.Is(err, net.ErrClosed) && c.rawStop.Load():
+			return errClosed
+		case !quiet || !errors.Is(err, os.ErrDeadlineExceeded):
+			return err
+		case c.src.Reads() != reads || c.src.Pending():
+			continue // not quiet for the whole period: wait for another
+		}
+		if c.park() {
+			return errParked
+		}
+		// Not parked: the connection is closing (finishLocked's deadline, if it set one, now
+		// holds), or its reads cannot park (the deadline is cleared).
+	}
+}
+
+// armQuiet sets the read deadline after which a quiet connection's reads may park, and reports
+// whether it did: not without ParkReads, and not once the connection is closing (finishLocked's
+// deadline then holds).
+func (c *ServerConn) armQuiet() bool {
+	if c.cfg.ParkReads == nil || c.noPark {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closing || c.closed {
+		return false
+	}
+	_ = c.nc.SetReadDeadline(time.Now().Add(c.cfg.QuietBeforePark))
+	return true
 }

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	h2 "golang.org/x/net/http2"
@@ -78,6 +79,12 @@ type ServerConfig struct {
 	Keepalive KeepaliveConfig
 	// Stats receives the codec stats. Default NewStats(nil).
 	Stats *Stats
+	// ParkReads, if set, takes a quiet connection's reads (see ServeLeaving): for the tunnel
+	// engine, so that an idle connection holds no goroutine. Only plain TCP sockets park.
+	ParkReads ReadParker
+	// QuietBeforePark is how long a client must send nothing before its reads park (they park
+	// within twice that: the deadline is re-armed once per period while frames come). Default 1 s.
+	QuietBeforePark time.Duration
 }
 
 func (cfg ServerConfig) withDefaults() ServerConfig {
@@ -104,6 +111,9 @@ func (cfg ServerConfig) withDefaults() ServerConfig {
 	defInt(&cfg.MaxInboundWindowUpdateFramesPerDataFrameSent, 10)
 	if cfg.WriteTimeout <= 0 {
 		cfg.WriteTimeout = 30 * time.Second
+	}
+	if cfg.QuietBeforePark <= 0 {
+		cfg.QuietBeforePark = time.Second
 	}
 	switch {
 	case cfg.DrainTimeout == 0:
@@ -230,6 +240,15 @@ type ServerConn struct {
 	err              error
 
 	rawStop atomic.Bool // set with closed: serveRaw stops at the next frame
+
+	// Set by Serve (or ServeLeaving) before it reads.
+	serveCtx  context.Context
+	stopWatch func() bool
+	// The reader's: the socket (plain TCP), and the connection's read counter.
+	rc      syscall.RawConn
+	counter ReadCounter
+	noPark  bool     // the reads never park (Serve, or ParkReads failed)
+	pk      *parking // the parked reads, once they first park (see ServeLeaving)
 }
 
 // headerBlock is the header block being decoded, filled by the HPACK emit callback.
@@ -297,8 +316,15 @@ func NewServerConn(nc net.Conn, br *bufio.Reader, cfg ServerConfig, handle func(
 // connection ends or ctx is done. It returns only after every handler goroutine it started has
 // returned; the error is nil for an orderly end (peer close, Shutdown, Close).
 func (c *ServerConn) Serve(ctx context.Context) error {
-	stop := context.AfterFunc(ctx, c.Close)
-	defer stop()
+	c.noPark = true // Serve's caller waits for the end: nothing to gain from parking
+	c.start(ctx)
+	return c.finish(c.serve())
+}
+
+// start begins serving: the context's watch, keepalive, and the writer for our SETTINGS.
+func (c *ServerConn) start(ctx context.Context) {
+	c.serveCtx = ctx
+	c.stopWatch = context.AfterFunc(ctx, c.Close)
 	ka := c.cfg.Keepalive
 	ka.ConnectionIdleInterval = 0 // a client-side option (Envoy's ClientConnectionImpl)
 	c.mu.Lock()
@@ -308,8 +334,10 @@ func (c *ServerConn) Serve(ctx context.Context) error {
 	c.serving = true
 	c.kickWriterLocked() // our SETTINGS are queued
 	c.mu.Unlock()
+}
 
-	err := c.serve()
+// finish ends the connection once reading has stopped (why: err) and returns what Serve does.
+func (c *ServerConn) finish(err error) error {
 	var ce *connError
 	if errors.As(err, &ce) {
 		c.mu.Lock()
@@ -324,15 +352,17 @@ func (c *ServerConn) Serve(ctx context.Context) error {
 		}
 		_, _ = io.Copy(io.Discard, rest)
 	}
+	c.src.End()
 	c.mu.Lock()
 	orderly := c.closing && c.err == nil
 	c.abortLocked(err)
 	c.mu.Unlock()
 	<-c.writerDone
 	c.handlers.Wait()
+	c.stopWatch()
 	switch {
-	case ctx.Err() != nil:
-		return ctx.Err()
+	case c.serveCtx.Err() != nil:
+		return c.serveCtx.Err()
 	case ce != nil:
 		return ce
 	case orderly, errors.Is(c.err, errClosed), errors.Is(c.err, io.EOF):
@@ -1111,6 +1141,7 @@ func (c *ServerConn) finishLocked() {
 	c.closing = true
 	c.enqueueLocked(outFrame{kind: outCloseWrite})
 	_ = c.nc.SetReadDeadline(time.Now().Add(closeGrace))
+	c.unparkLocked()
 }
 
 // goAwayLocked starts closing on a connection error: GOAWAY(code) with the last stream id we
@@ -1166,6 +1197,9 @@ func (c *ServerConn) abortLocked(err error) {
 // closeSocketLocked closes the connection's socket.
 func (c *ServerConn) closeSocketLocked() {
 	c.closePending = false
+	if c.closeParkedLocked() {
+		return
+	}
 	if c.raw {
 		// The reader holds the socket while it processes frames, and may be waiting for c.mu
 		// (or be the caller); Go's Close waits for every holder. Close from a goroutine of its
