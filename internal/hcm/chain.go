@@ -59,7 +59,9 @@ func (it *iterator) resumeHeaders(from int) bool {
 		}
 	}
 	it.stopped = -1
-	it.sinkH(it.h, it.hEnd)
+	h := it.h
+	it.h = nil // the sink has them now: a tunnel that stays open for hours does not keep them
+	it.sinkH(h, it.hEnd)
 	return true
 }
 
