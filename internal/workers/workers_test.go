@@ -88,7 +88,7 @@ func TestGoBoundsIdle(t *testing.T) {
 	}
 }
 
-// A goroutine idle past maxWait ends when another goes idle.
+// A goroutine idle past maxWait ends when another goes idle (or by the trim timer).
 func TestIdleGoroutinesExpire(t *testing.T) {
 	drain(t)
 	defer drain(t)
@@ -106,5 +106,35 @@ func TestIdleGoroutinesExpire(t *testing.T) {
 	done := make(chan struct{})
 	Go(func() { close(done) }) // takes the newest, and ends the oldest when it parks again
 	<-done
-	waitIdle(t, 1)
+	// (The trim timer may end the newest too, maxWait after it parked.)
+	deadline := time.Now().Add(5 * time.Second)
+	for Idle() > 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d idle goroutines: the one idle past maxWait did not end", Idle())
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// Goroutines idle past maxWait end even when no other goroutine goes idle (a process quiet after a
+// burst), and the pool fills again when work comes back.
+func TestIdleGoroutinesExpireWithoutWork(t *testing.T) {
+	drain(t)
+	defer drain(t)
+	defer func(d time.Duration) { maxWait = d }(maxWait)
+	maxWait = 20 * time.Millisecond
+	burst := func() {
+		release := make(chan struct{})
+		var wg sync.WaitGroup
+		for range 3 {
+			wg.Add(1)
+			Go(func() { <-release; wg.Done() })
+		}
+		close(release)
+		wg.Wait()
+	}
+	burst()
+	waitIdle(t, 0)
+	burst()
+	waitIdle(t, 0)
 }
