@@ -296,7 +296,7 @@ func TestQuietH2ConnectionsGoToTheEngine(t *testing.T) {
 	// The first connection's tunnels start every loop of the engine (one per CPU, each a goroutine
 	// of its own, taken in turn); once it is quiet, the others must add no goroutine.
 	open(0, max(perConn, runtime.NumCPU()))
-	time.Sleep(2500 * time.Millisecond) // quiet for a second, or at most two, then parked
+	waitParked(p)
 	g1 = p.Goroutines()
 	for i := 1; i < conns; i++ {
 		open(i, perConn)

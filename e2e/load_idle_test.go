@@ -145,6 +145,23 @@ func measureIdle(t *testing.T, ps []*harness.Proxy, n int, what string, open fun
 	return m
 }
 
+// waitParked waits for the proxy's quiet HTTP/2 connections to park their reads on the tunnel
+// engine: a connection's reader goroutine returns once its client has been quiet for a second,
+// or at most two; on a loaded machine the last ones may take longer, so it then waits until the
+// proxy's goroutine count has held still for a second and a half (at most 15 s).
+func waitParked(p *harness.Proxy) {
+	time.Sleep(2200 * time.Millisecond)
+	deadline := time.Now().Add(15 * time.Second)
+	for last, still := p.Goroutines(), 0; still < 3 && time.Now().Before(deadline); {
+		time.Sleep(500 * time.Millisecond)
+		if g := p.Goroutines(); g != last {
+			last, still = g, 0
+		} else {
+			still++
+		}
+	}
+}
+
 // waitGoroutines waits until the proxy is back to at most g0 goroutines.
 func waitGoroutines(t *testing.T, p *harness.Proxy, g0 int64) {
 	t.Helper()
@@ -190,9 +207,7 @@ func TestLoadIdleH2Tunnels(t *testing.T) {
 		}
 		up.wait(t, to)
 		p.WaitStat(upgActiveStat, int64(to), loadWait)
-		// A connection's reads go to the tunnel engine once its client has been quiet for a
-		// second, or at most two (its reader goroutine then returns).
-		time.Sleep(2200 * time.Millisecond)
+		waitParked(p)
 	}
 
 	m := measureIdle(t, []*harness.Proxy{p}, n, "idle HTTP/2 tunnels", open)
