@@ -3,6 +3,7 @@ package http2
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"strconv"
@@ -264,4 +265,88 @@ func TestConnectionThatCannotPark(t *testing.T) {
 		t.Error("ServeLeaving left, though its reads could not park")
 	}
 	<-ls.ended
+}
+
+// Keepalive goes on while the reads are parked: each answer to a PING wakes the connection, which
+// parks again once quiet; when the client stops answering, the keepalive timeout closes the
+// parked connection and ended reports ErrKeepaliveTimeout.
+func TestKeepaliveOnParkedConnection(t *testing.T) {
+	var g goroutineParker
+	ls := startLeaving(t, ServerConfig{ParkReads: g.park, QuietBeforePark: 20 * time.Millisecond,
+		Keepalive: KeepaliveConfig{Interval: 150 * time.Millisecond, Timeout: 300 * time.Millisecond}}, counter)
+	rc := dialRaw(t, ls.ln.Addr().String())
+	rc.handshake()
+	rc.writeHeaders(1, false, request("POST", "/")...)
+	for i := range 3 {
+		if err := rc.fr.WritePing(true, rc.waitPing()); err != nil {
+			t.Fatal(err)
+		}
+		waitParks(t, &g, int32(i+2)) // woken by the answer, parked again
+	}
+	select {
+	case err := <-ls.ended:
+		if !errors.Is(err, ErrKeepaliveTimeout) {
+			t.Errorf("ended(%v), want ErrKeepaliveTimeout", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a parked connection whose client stopped answering PINGs did not end")
+	}
+	for {
+		if _, err := rc.tryRead(5 * time.Second); err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatal("the client's connection is still open after the keepalive timeout")
+			}
+			break
+		}
+	}
+}
+
+// A graceful shutdown reaches a parked connection: the client gets the GOAWAY notice and the
+// PING; its answer wakes the connection (or, unanswered, the drain timeout passes while the reads
+// are parked, and the final GOAWAY takes them back for the close's grace period); the final
+// GOAWAY and the server's half-close follow, and ended reports an orderly end once the client
+// closes too.
+func TestShutdownParkedConnection(t *testing.T) {
+	for _, answer := range []bool{true, false} {
+		t.Run(fmt.Sprintf("answered=%v", answer), func(t *testing.T) {
+			var g goroutineParker
+			cfg := ServerConfig{ParkReads: g.park, QuietBeforePark: 20 * time.Millisecond, DrainTimeout: 100 * time.Millisecond}
+			ls := startLeaving(t, cfg, counter)
+			rc := dialRaw(t, ls.ln.Addr().String())
+			rc.handshake()
+			sc := <-ls.sc
+			waitParks(t, &g, 1)
+			sc.Shutdown()
+			goaways := 0
+			for {
+				f, err := rc.tryRead(5 * time.Second)
+				if err != nil {
+					if errors.Is(err, os.ErrDeadlineExceeded) {
+						t.Fatal("the connection did not close after the shutdown")
+					}
+					break // the server's half-close
+				}
+				switch f := f.(type) {
+				case *h2.GoAwayFrame:
+					goaways++
+				case *h2.PingFrame:
+					if answer && !f.IsAck() {
+						rc.fr.WritePing(true, f.Data)
+					}
+				}
+			}
+			if goaways != 2 {
+				t.Errorf("%d GOAWAY frames, want the notice and the final one", goaways)
+			}
+			rc.nc.Close()
+			select {
+			case err := <-ls.ended:
+				if err != nil {
+					t.Errorf("ended(%v), want nil for a graceful shutdown", err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("a parked connection did not end after its shutdown")
+			}
+		})
+	}
 }
