@@ -149,7 +149,7 @@ func (p *parking) take() (got, done bool, why error) {
 	done, why = p.done, p.why
 	p.mu.Unlock()
 	for _, b := range q {
-		p.c.src.Feed(b)
+		p.c.src.feed(b)
 		if p.c.counter != nil {
 			p.c.counter.CountRead(len(b)) // read past the connection's counting
 		}

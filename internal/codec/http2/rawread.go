@@ -51,7 +51,7 @@ type FrameSource struct {
 	buf  *[]byte
 	r, w int // unparsed bytes are (*buf)[r:w]
 	inq  rawsys.InqReader
-	// reads counts reads that brought bytes (see Reads).
+	// reads counts reads that brought bytes (see readCount).
 	reads uint64
 }
 
@@ -230,14 +230,14 @@ func RawSocket(nc net.Conn) (syscall.RawConn, ReadCounter) {
 // source's bufio.Reader is read first; afterwards it reads from that Reader again, unless it was
 // released (ReleaseReader).
 func (s *FrameSource) Serve(rc syscall.RawConn, counter ReadCounter, blockLimit int, stop *atomic.Bool, next func() error) error {
-	defer s.End()
-	return s.ServeSome(rc, counter, blockLimit, stop, next)
+	defer s.end()
+	return s.serveSome(rc, counter, blockLimit, stop, next)
 }
 
-// ServeSome is Serve for a reader that may stop and go on later (a quiet connection whose reads
+// serveSome is Serve for a reader that may stop and go on later (a quiet connection whose reads
 // move to the tunnel engine): unparsed bytes stay in the source when it returns, and a later
-// call, or Feed, continues from them. Call End once the connection reads no more.
-func (s *FrameSource) ServeSome(rc syscall.RawConn, counter ReadCounter, blockLimit int, stop *atomic.Bool, next func() error) error {
+// call, or feed, continues from them. Call end once the connection reads no more.
+func (s *FrameSource) serveSome(rc syscall.RawConn, counter ReadCounter, blockLimit int, stop *atomic.Bool, next func() error) error {
 	if !s.raw {
 		if n := s.br.Buffered(); n > 0 {
 			s.space()
@@ -307,9 +307,9 @@ func (s *FrameSource) ServeSome(rc syscall.RawConn, counter ReadCounter, blockLi
 	return err
 }
 
-// End is the end of a connection's reads through ServeSome: the buffer goes back to its pool,
+// end is the end of a connection's reads through serveSome: the buffer goes back to its pool,
 // and reads find the end of the stream.
-func (s *FrameSource) End() {
+func (s *FrameSource) end() {
 	s.r, s.w = 0, 0
 	if s.buf != nil {
 		s.release()
@@ -317,9 +317,9 @@ func (s *FrameSource) End() {
 	s.raw = false
 }
 
-// Feed adds bytes read from the socket elsewhere (the tunnel engine, while the connection was
-// quiet), for ServeSome to parse before it reads the socket again.
-func (s *FrameSource) Feed(p []byte) {
+// feed adds bytes read from the socket elsewhere (the tunnel engine, while the connection was
+// quiet), for serveSome to parse before it reads the socket again.
+func (s *FrameSource) feed(p []byte) {
 	for len(p) > 0 {
 		n := copy(s.space(), p)
 		s.w += n
@@ -328,12 +328,12 @@ func (s *FrameSource) Feed(p []byte) {
 	s.reads++
 }
 
-// Reads counts the socket reads that brought bytes (and Feeds): a reader tells from it whether
+// readCount counts the socket reads that brought bytes (and feeds): a reader tells from it whether
 // the connection was quiet since it last looked.
-func (s *FrameSource) Reads() uint64 { return s.reads }
+func (s *FrameSource) readCount() uint64 { return s.reads }
 
-// Pending reports whether bytes of an incomplete frame are waiting for the rest.
-func (s *FrameSource) Pending() bool { return s.r < s.w }
+// pending reports whether bytes of an incomplete frame are waiting for the rest.
+func (s *FrameSource) pending() bool { return s.r < s.w }
 
 // serveRaw reads and processes frames from the socket until the connection ends; it returns why,
 // as serve does.
@@ -366,8 +366,8 @@ func (c *ServerConn) readFrames() error {
 	}
 	for {
 		quiet := c.armQuiet()
-		reads := c.src.Reads()
-		err := c.src.ServeSome(c.rc, c.counter, blockLimit, &c.rawStop, next)
+		reads := c.src.readCount()
+		err := c.src.serveSome(c.rc, c.counter, blockLimit, &c.rawStop, next)
 		switch {
 		case errors.Is(err, ErrBlockInTooManyFrames):
 			return connErr(h2.ErrCodeEnhanceYourCalm, "header block in too many frames")
@@ -375,7 +375,7 @@ func (c *ServerConn) readFrames() error {
 			return errClosed
 		case !quiet || !errors.Is(err, os.ErrDeadlineExceeded):
 			return err
-		case c.src.Reads() != reads || c.src.Pending():
+		case c.src.readCount() != reads || c.src.pending():
 			continue // not quiet for the whole period: wait for another
 		}
 		if c.park() {

@@ -352,7 +352,7 @@ func (c *ServerConn) finish(err error) error {
 		}
 		_, _ = io.Copy(io.Discard, rest)
 	}
-	c.src.End()
+	c.src.end()
 	c.mu.Lock()
 	orderly := c.closing && c.err == nil
 	c.abortLocked(err)
