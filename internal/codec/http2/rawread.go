@@ -388,7 +388,7 @@ func (c *ServerConn) readFrames() error {
 
 // armQuiet sets the read deadline after which a quiet connection's reads may park, and reports
 // whether it did: not without ParkReads, and not once the connection is closing (finishLocked's
-// deadline then holds).
+// deadline then holds: it is set again here, as parked reads may have moved it to stop).
 func (c *ServerConn) armQuiet() bool {
 	if c.cfg.ParkReads == nil || c.noPark {
 		return false
@@ -396,6 +396,9 @@ func (c *ServerConn) armQuiet() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closing || c.closed {
+		if !c.closeBy.IsZero() {
+			_ = c.nc.SetReadDeadline(c.closeBy)
+		}
 		return false
 	}
 	_ = c.nc.SetReadDeadline(time.Now().Add(c.cfg.QuietBeforePark))

@@ -247,8 +247,9 @@ type ServerConn struct {
 	// The reader's: the socket (plain TCP), and the connection's read counter.
 	rc      syscall.RawConn
 	counter ReadCounter
-	noPark  bool     // the reads never park (Serve, or ParkReads failed)
-	pk      *parking // the parked reads, once they first park (see ServeLeaving)
+	noPark  bool      // the reads never park (Serve, or ParkReads failed)
+	closeBy time.Time // finishLocked's end of reading; guarded by mu
+	pk      *parking  // the parked reads, once they first park (see ServeLeaving)
 }
 
 // headerBlock is the header block being decoded, filled by the HPACK emit callback.
@@ -1140,7 +1141,8 @@ func (c *ServerConn) finishLocked() {
 	}
 	c.closing = true
 	c.enqueueLocked(outFrame{kind: outCloseWrite})
-	_ = c.nc.SetReadDeadline(time.Now().Add(closeGrace))
+	c.closeBy = time.Now().Add(closeGrace)
+	_ = c.nc.SetReadDeadline(c.closeBy)
 	c.unparkLocked()
 }
 
