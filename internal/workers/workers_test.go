@@ -1,6 +1,7 @@
 package workers
 
 import (
+	"fmt"
 	"runtime"
 	"sync"
 	"testing"
@@ -10,10 +11,16 @@ import (
 // waitIdle waits until n goroutines wait for work.
 func waitIdle(t *testing.T, n int) {
 	t.Helper()
+	waitIdleCount(t, fmt.Sprint(n), func(idle int) bool { return idle == n })
+}
+
+// waitIdleCount waits until the number of goroutines waiting for work satisfies ok.
+func waitIdleCount(t *testing.T, want string, ok func(idle int) bool) {
+	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
-	for Idle() != n {
+	for !ok(Idle()) {
 		if time.Now().After(deadline) {
-			t.Fatalf("%d idle goroutines, want %d", Idle(), n)
+			t.Fatalf("%d idle goroutines, want %s", Idle(), want)
 		}
 		time.Sleep(time.Millisecond)
 	}
@@ -107,13 +114,7 @@ func TestIdleGoroutinesExpire(t *testing.T) {
 	Go(func() { close(done) }) // takes the newest, and ends the oldest when it parks again
 	<-done
 	// (The trim timer may end the newest too, maxWait after it parked.)
-	deadline := time.Now().Add(5 * time.Second)
-	for Idle() > 1 {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d idle goroutines: the one idle past maxWait did not end", Idle())
-		}
-		time.Sleep(time.Millisecond)
-	}
+	waitIdleCount(t, "at most 1: the one idle past maxWait ends", func(idle int) bool { return idle <= 1 })
 }
 
 // Goroutines idle past maxWait end even when no other goroutine goes idle (a process quiet after a
