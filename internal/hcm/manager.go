@@ -20,6 +20,7 @@ import (
 	"github.com/switchyard-proxy/switchyard/buffer"
 	"github.com/switchyard-proxy/switchyard/filter"
 	"github.com/switchyard-proxy/switchyard/headers"
+	"github.com/switchyard-proxy/switchyard/internal/cancelctx"
 	"github.com/switchyard-proxy/switchyard/internal/codec/http1"
 	"github.com/switchyard-proxy/switchyard/internal/codec/http2"
 	"github.com/switchyard-proxy/switchyard/internal/config"
@@ -386,7 +387,7 @@ func (m *Manager) ServeConn(ctx context.Context, nc net.Conn, hooks ConnHooks) {
 	cc := &countingConn{Conn: nc, rx: s.CxRxBytes, tx: s.CxTxBytes}
 	cc.sock, cc.in = rawsys.NewConnWriter(cc), rawsys.NewConnReader(cc)
 	c := &conn{m: m, nc: cc, br: buffer.GetReader(cc), remote: nc.RemoteAddr().String(), scheme: scheme, life: life}
-	stop := context.AfterFunc(ctx, func() { nc.SetReadDeadline(time.Now()) })
+	stop := cancelctx.AfterFunc(ctx, func() { nc.SetReadDeadline(time.Now()) })
 	c.stopWake = func() { stop() }
 	life.addLocal(func() {
 		if c.stopWake != nil {

@@ -16,6 +16,7 @@ import (
 	"github.com/switchyard-proxy/switchyard/buffer"
 	"github.com/switchyard-proxy/switchyard/filter"
 	"github.com/switchyard-proxy/switchyard/headers"
+	"github.com/switchyard-proxy/switchyard/internal/cancelctx"
 	"github.com/switchyard-proxy/switchyard/internal/config"
 	"github.com/switchyard-proxy/switchyard/internal/memacct"
 	"github.com/switchyard-proxy/switchyard/internal/router"
@@ -32,8 +33,7 @@ type stream struct {
 	m      *Manager
 	down   downstream // the codec side: HTTP/1.1 connection or HTTP/2 stream
 	ri     *requestInfo
-	ctx    context.Context
-	cancel context.CancelFunc
+	ctx    *cancelctx.Context
 	h      *headers.Map
 	method string
 
@@ -114,7 +114,7 @@ type handoff struct {
 func newStream(ctx context.Context, m *Manager, down downstream, h *headers.Map) *stream {
 	// Strings kept for the stream's life are copies: a view would keep the whole request head.
 	s := &stream{m: m, down: down, ri: down.info(), h: h, method: strings.Clone(h.Get(headers.Method)), done: make(chan struct{})}
-	s.ctx, s.cancel = context.WithCancel(ctx)
+	s.ctx = cancelctx.New(ctx)
 	s.decoderLimit.Store(int64(m.bufferLimit))
 	s.touch()
 	s.acct = m.memory.NewAccount(func() { s.reset("overload_manager") })
@@ -500,7 +500,7 @@ func (s *stream) leave() bool {
 		})
 	}
 	// The watch ends with the context, which end cancels.
-	context.AfterFunc(s.ctx, resume)
+	s.ctx.AfterFunc(resume)
 	s.onDone = resume
 	s.left = true
 	return true
@@ -546,7 +546,7 @@ func (s *stream) reset(reason string) {
 		s.wasReset.Store(true)
 		s.connClose.Store(true)
 		s.m.log.Debug("stream reset", "reason", reason, "remote", s.ri.remote)
-		s.cancel()
+		s.ctx.Cancel()
 		s.down.reset()
 		s.markDone()
 	})
@@ -566,7 +566,7 @@ func (s *stream) finish() {
 		s.upStats.Active.Dec()
 		s.m.untrackTunnel(s)
 	}
-	s.cancel()
+	s.ctx.Cancel()
 	for _, f := range s.filters {
 		if d, ok := f.(filter.Destroyer); ok {
 			d.OnDestroy()
@@ -641,7 +641,7 @@ func (s *stream) timeout(status int, body, details string) {
 	s.encMu.Unlock()
 	s.connClose.Store(true)
 	s.SendLocalReply(status, body, details)
-	s.cancel()
+	s.ctx.Cancel()
 }
 
 // filter.Callbacks and router.StreamInfo.
@@ -1072,6 +1072,6 @@ func (s *stream) takeHandoff(readErr error) bool {
 	case goAway:
 		t.GoAway()
 	}
-	s.cancel() // nothing watches it now; cancelling unlinks it from the server's context
+	s.ctx.Cancel() // nothing watches it now; cancelling unlinks it from the server's context
 	return true
 }

@@ -1,7 +1,6 @@
 package router
 
 import (
-	"context"
 	"errors"
 	"log/slog"
 	"math/rand/v2"
@@ -16,6 +15,7 @@ import (
 	"github.com/switchyard-proxy/switchyard/buffer"
 	"github.com/switchyard-proxy/switchyard/filter"
 	"github.com/switchyard-proxy/switchyard/headers"
+	"github.com/switchyard-proxy/switchyard/internal/cancelctx"
 	"github.com/switchyard-proxy/switchyard/internal/cluster"
 	"github.com/switchyard-proxy/switchyard/internal/config"
 	"github.com/switchyard-proxy/switchyard/internal/memacct"
@@ -269,7 +269,7 @@ func (r *routerFilter) DecodeHeaders(h *headers.Map, end bool) filter.Status {
 	r.limit = r.info.BufferLimit()
 	r.upHeaders = r.requestHeaders(h, route)
 	r.started = true
-	stop := context.AfterFunc(r.cb.Context(), func() {
+	stop := cancelctx.AfterFunc(r.cb.Context(), func() {
 		r.mu.Lock()
 		if r.detached {
 			r.mu.Unlock()

@@ -15,6 +15,7 @@ import (
 
 	"github.com/switchyard-proxy/switchyard/filter"
 	"github.com/switchyard-proxy/switchyard/internal/admin"
+	"github.com/switchyard-proxy/switchyard/internal/cancelctx"
 	"github.com/switchyard-proxy/switchyard/internal/cluster"
 	"github.com/switchyard-proxy/switchyard/internal/config"
 	bufferfilter "github.com/switchyard-proxy/switchyard/internal/filters/buffer"
@@ -67,8 +68,10 @@ func (s *Server) SetDrain(gradual bool, drainTime time.Duration) {
 
 // New prepares a server; nothing listens until Start.
 func New(snap *config.Snapshot, log *slog.Logger) *Server {
-	ctx, cancel := context.WithCancel(context.Background())
-	return &Server{snap: snap, log: log, store: stats.NewStore(), ctx: ctx, cancel: cancel,
+	// The parent of every connection's and stream's context: cancelctx keeps the thousands of
+	// watches on it in a slice rather than the standard library's per-watch context and map.
+	ctx := cancelctx.New(context.Background())
+	return &Server{snap: snap, log: log, store: stats.NewStore(), ctx: ctx, cancel: ctx.Cancel,
 		conns: map[*openConn]struct{}{}, quit: make(chan struct{})}
 }
 

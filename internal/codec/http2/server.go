@@ -20,6 +20,7 @@ import (
 
 	"github.com/switchyard-proxy/switchyard/buffer"
 	"github.com/switchyard-proxy/switchyard/headers"
+	"github.com/switchyard-proxy/switchyard/internal/cancelctx"
 	"github.com/switchyard-proxy/switchyard/internal/rawsys"
 )
 
@@ -179,10 +180,9 @@ type ServerConn struct {
 	cfg    ServerConfig
 	stats  *Stats
 	handle func(*ServerStream)
-	fr     *h2.Framer // ReadFrame*: Serve's goroutine; Write*: the writer
-	ka     *Keepalive // nil when keepalive is off; set under mu by Serve before anything else uses it
-	ctx    context.Context
-	cancel context.CancelFunc
+	fr     *h2.Framer         // ReadFrame*: Serve's goroutine; Write*: the writer
+	ka     *Keepalive         // nil when keepalive is off; set under mu by Serve before anything else uses it
+	ctx    *cancelctx.Context // the parent of the streams' contexts; cancelled when the connection ends
 
 	// Owned by Serve's goroutine (the reader).
 	src      *FrameSource // what the Framer reads from
@@ -284,7 +284,7 @@ func NewServerConn(nc net.Conn, br *bufio.Reader, cfg ServerConfig, handle func(
 		peerInitWin:  initialWindow,
 		peerMaxFrame: 16384,
 	}
-	c.ctx, c.cancel = context.WithCancel(context.Background())
+	c.ctx = cancelctx.New(context.Background())
 	sock := rawsys.NewConnWriter(nc)
 	deadline := &WriteDeadline{Timeout: cfg.WriteTimeout}
 	c.bw = NewPooledWriter(deadlineWriter{nc: nc, sock: sock, deadline: deadline})
@@ -325,7 +325,7 @@ func (c *ServerConn) Serve(ctx context.Context) error {
 // start begins serving: the context's watch, keepalive, and the writer for our SETTINGS.
 func (c *ServerConn) start(ctx context.Context) {
 	c.serveCtx = ctx
-	c.stopWatch = context.AfterFunc(ctx, c.Close)
+	c.stopWatch = cancelctx.AfterFunc(ctx, c.Close)
 	ka := c.cfg.Keepalive
 	ka.ConnectionIdleInterval = 0 // a client-side option (Envoy's ClientConnectionImpl)
 	c.mu.Lock()
@@ -632,7 +632,7 @@ func (c *ServerConn) onHeaders(f *h2.HeadersFrame) error {
 		recvWin: c.streamRecvWindowLocked(), sendWin: c.peerInitWin, cl: cl, remoteClosed: endStream,
 	}
 	s.cond.L = &c.mu
-	s.ctx, s.cancel = context.WithCancel(c.ctx)
+	s.ctx = cancelctx.New(c.ctx)
 	c.streams[id] = s
 	c.active[id] = s
 	c.opened++
@@ -1048,7 +1048,7 @@ func (c *ServerConn) closeStreamLocked(s *ServerStream, err error) {
 		s.err = err
 		c.creditConnLocked(int64(s.buf.reset()))
 	}
-	s.cancel()
+	s.ctx.Cancel()
 	s.readableLocked()
 	c.maybeDoneLocked(s)
 }
@@ -1183,7 +1183,7 @@ func (c *ServerConn) abortLocked(err error) {
 		c.shutdownTimer.Stop()
 	}
 	c.ka.Stop()
-	c.cancel()
+	c.ctx.Cancel()
 	if c.sending {
 		c.closePending = true // EndData closes it: the engine is sending on the descriptor
 	} else {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/switchyard-proxy/switchyard/buffer"
 	"github.com/switchyard-proxy/switchyard/headers"
+	"github.com/switchyard-proxy/switchyard/internal/cancelctx"
 	"github.com/switchyard-proxy/switchyard/internal/memacct"
 )
 
@@ -53,8 +54,7 @@ type ServerStream struct {
 	hdr       *headers.Map
 	extended  bool
 	endStream bool
-	ctx       context.Context
-	cancel    context.CancelFunc
+	ctx       *cancelctx.Context
 	cond      sync.Cond  // L is &c.mu; signalled on every change a blocked Read or write waits for
 	wmu       sync.Mutex // serialises WriteHeaders and WriteData callers
 

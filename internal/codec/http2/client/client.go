@@ -360,15 +360,15 @@ func (c *ClientConn) NewStream(ctx context.Context, h *headers.Map, endStream bo
 	switch {
 	case c.closed || c.goAwayRecv || c.shutdown || c.nextID > maxStreamID:
 		c.mu.Unlock()
-		s.cancel(nil)
+		s.ctx.Cancel()
 		return nil, ErrConnClosed
 	case uint32(c.active) >= c.peerMaxStreams:
 		c.mu.Unlock()
-		s.cancel(nil)
+		s.ctx.Cancel()
 		return nil, ErrNoCapacity
 	case headerListSize(rh) > uint64(c.peerMaxHdrList):
 		c.mu.Unlock()
-		s.cancel(nil)
+		s.ctx.Cancel()
 		return nil, ErrRequestHeadersTooLarge
 	}
 	c.active++
@@ -387,12 +387,12 @@ func (c *ClientConn) NewStream(ctx context.Context, h *headers.Map, endStream bo
 			c.releaseLocked()
 		}
 		c.mu.Unlock()
-		s.cancel(nil)
+		s.ctx.Cancel()
 		return nil, err
 	}
 	c.mu.Lock()
 	if !s.closed {
-		s.stopCtx = context.AfterFunc(s.ctx, s.onCtxDone)
+		s.stopCtx = s.ctx.AfterFunc(s.onCtxDone)
 	}
 	c.mu.Unlock()
 	return s, nil

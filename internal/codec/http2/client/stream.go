@@ -8,6 +8,7 @@ import (
 	h2 "golang.org/x/net/http2"
 
 	"github.com/switchyard-proxy/switchyard/headers"
+	"github.com/switchyard-proxy/switchyard/internal/cancelctx"
 )
 
 // ClientStream is one request/response exchange (or one tunnel) on a ClientConn. Write is for
@@ -15,8 +16,7 @@ import (
 // accessors are safe from any goroutine.
 type ClientStream struct {
 	c       *ClientConn
-	ctx     context.Context
-	cancel  context.CancelCauseFunc
+	ctx     *cancelctx.Context
 	stopCtx func() bool // stops the AfterFunc that resets the stream when ctx ends early
 	method  string
 	upgrade string // the Upgrade token when this is an extended CONNECT, else ""
@@ -68,7 +68,7 @@ func newStream(c *ClientConn, ctx context.Context, method, upgrade string) *Clie
 		wdone:      make(chan error, 1),
 		contentLen: -1,
 	}
-	s.ctx, s.cancel = context.WithCancelCause(ctx)
+	s.ctx = cancelctx.New(ctx)
 	return s
 }
 
@@ -304,7 +304,7 @@ func (s *ClientStream) reset(code ErrCode, cause error) {
 
 // onCtxDone resets a stream whose context ended before the stream did.
 func (s *ClientStream) onCtxDone() {
-	s.reset(h2.ErrCodeCancel, context.Cause(s.ctx))
+	s.reset(h2.ErrCodeCancel, s.ctx.Cause())
 }
 
 // resetLocked ends the stream from this side. It reports whether an RST_STREAM must be sent
@@ -367,7 +367,7 @@ func (s *ClientStream) closeLocked() {
 	if s.stopCtx != nil {
 		s.stopCtx()
 	}
-	s.cancel(nil)
+	s.ctx.Cancel()
 	if s.reserved {
 		s.reserved = false
 		c.releaseLocked()
