@@ -90,6 +90,9 @@ func (c *ServerConn) park() bool {
 	p.done, p.why, p.doneCh = false, nil, make(chan struct{})
 	p.mu.Unlock()
 	_ = c.nc.SetReadDeadline(time.Time{}) // the quiet period's, which has passed
+	if len(c.queue) == 0 && !c.writerOn {
+		c.queue, c.batch = nil, nil // a quiet connection holds no write queue (grown to ~300 bytes)
+	}
 	r, err := c.cfg.ParkReads(c.nc, p.deliver, p.finished)
 	if err != nil {
 		c.noPark = true // (not a plain TCP socket, say): this goroutine goes on reading

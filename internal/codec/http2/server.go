@@ -199,13 +199,13 @@ type ServerConn struct {
 
 	mu             sync.Mutex
 	queue          []outFrame
-	batch          []outFrame               // the queue's other half, kept between writer runs
-	queued         int                      // frames queued or being written: MaxOutboundFrames
-	queuedControl  int                      // of which control frames: MaxOutboundControlFrames
-	streams        map[uint32]*ServerStream // not yet closed on the wire
-	active         map[uint32]*ServerStream // not yet done (wire-closed and handler returned)
-	maxClientID    uint32                   // highest stream id the client opened
-	recent         [recentClosed]closedStream
+	batch          []outFrame                  // the queue's other half, kept between writer runs
+	queued         int                         // frames queued or being written: MaxOutboundFrames
+	queuedControl  int                         // of which control frames: MaxOutboundControlFrames
+	streams        map[uint32]*ServerStream    // not yet closed on the wire
+	active         map[uint32]*ServerStream    // not yet done (wire-closed and handler returned)
+	maxClientID    uint32                      // highest stream id the client opened
+	recent         *[recentClosed]closedStream // made at the first close: most tunnels' connections never close one
 	recentNext     int
 	opened         int          // streams opened over the connection's life (flood ratios)
 	dataFramesSent atomic.Int64 // counted by the writer as each frame goes out
@@ -999,12 +999,18 @@ type closedStream struct {
 }
 
 func (c *ServerConn) rememberClosedLocked(id uint32, reset bool) {
+	if c.recent == nil {
+		c.recent = new([recentClosed]closedStream)
+	}
 	c.recent[c.recentNext] = closedStream{id: id, reset: reset}
 	c.recentNext = (c.recentNext + 1) % recentClosed
 }
 
 // closedLocked finds id among the recently closed streams, or nil.
 func (c *ServerConn) closedLocked(id uint32) *closedStream {
+	if c.recent == nil {
+		return nil
+	}
 	for i := range c.recent {
 		if c.recent[i].id == id {
 			return &c.recent[i]

@@ -1,13 +1,14 @@
 package http2
 
 import (
-	"github.com/switchyard-proxy/switchyard/buffer"
 	"net"
+	"sync"
 	"syscall"
 
 	h2 "golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 
+	"github.com/switchyard-proxy/switchyard/buffer"
 	"github.com/switchyard-proxy/switchyard/headers"
 	"github.com/switchyard-proxy/switchyard/internal/rawsys"
 	"github.com/switchyard-proxy/switchyard/internal/workers"
@@ -198,14 +199,29 @@ type vectored struct {
 	sendFD   int                // w's descriptor, for the engine's sends (-1: none)
 	sock     *rawsys.ConnWriter // w's, counting as the connection does
 	deadline *WriteDeadline     // shared with the connection's deadlineWriter
-	hdrs     [maxDataChunk/16384 + 1][9]byte
-	bufs     [2 * (maxDataChunk/16384 + 1)][]byte
+}
+
+// dataFrames is the scratch space of one vectored write of DATA frames: their headers and the
+// writev list. It comes from a pool for the write, rather than living in every connection
+// (285 bytes that an idle tunnel's connection would hold for nothing).
+type dataFrames struct {
+	hdrs [maxDataChunk/16384 + 1][9]byte
+	bufs [2 * (maxDataChunk/16384 + 1)][]byte
+}
+
+var dataFramesPool = sync.Pool{New: func() any { return new(dataFrames) }}
+
+// release clears the payload slices (so the pool keeps no buffer alive) and returns df.
+func (df *dataFrames) release() {
+	clear(df.bufs[:])
+	dataFramesPool.Put(df)
 }
 
 // writeDataVectored frames p (at most maxDataChunk) as DATA no larger than maxFrame and writes the
 // frames at once: a 64 KiB message in one syscall instead of one per frame.
 func (c *ServerConn) writeDataVectored(id uint32, p []byte, end bool, maxFrame int) error {
-	bufs, rest := c.dataFrameVec(id, p, end, maxFrame)
+	df, bufs, rest := c.dataFrameVec(id, p, end, maxFrame)
+	defer df.release()
 	if len(rest) > 0 {
 		return c.writeDataFrames(id, p, end, maxFrame) // cannot happen: p is at most maxDataChunk
 	}
@@ -214,19 +230,18 @@ func (c *ServerConn) writeDataVectored(id uint32, p []byte, end bool, maxFrame i
 		return err
 	}
 	_, err := v.sock.Writev(bufs)
-	clear(v.bufs[:])
 	return err
 }
 
-// dataFrameVec lays p out as DATA frames no larger than maxFrame in c.vec: their headers and p's
-// slices, for one writev. What does not fit c.vec (more than maxDataChunk) is returned, unframed.
-// The caller holds c.writing.
-func (c *ServerConn) dataFrameVec(id uint32, p []byte, end bool, maxFrame int) (bufs [][]byte, rest []byte) {
-	v := &c.vec
-	bufs = v.bufs[:0]
-	for i := 0; len(p) > 0 && i < len(v.hdrs); i++ {
+// dataFrameVec lays p out as DATA frames no larger than maxFrame in pooled scratch space: their
+// headers and p's slices, for one writev. What does not fit (more than maxDataChunk) is returned,
+// unframed. The caller holds c.writing, and releases df once the write is done.
+func (c *ServerConn) dataFrameVec(id uint32, p []byte, end bool, maxFrame int) (df *dataFrames, bufs [][]byte, rest []byte) {
+	df = dataFramesPool.Get().(*dataFrames)
+	bufs = df.bufs[:0]
+	for i := 0; len(p) > 0 && i < len(df.hdrs); i++ {
 		n := min(len(p), maxFrame)
-		h := &v.hdrs[i]
+		h := &df.hdrs[i]
 		h[0], h[1], h[2] = byte(n>>16), byte(n>>8), byte(n)
 		h[3], h[4] = byte(h2.FrameData), 0
 		if end && n == len(p) {
@@ -237,7 +252,7 @@ func (c *ServerConn) dataFrameVec(id uint32, p []byte, end bool, maxFrame int) (
 		p = p[n:]
 		c.dataFramesSent.Add(1)
 	}
-	return bufs, p
+	return df, bufs, p
 }
 
 // maxTryData bounds TryWriteData's payload, so that what a full socket leaves of its frames fits
@@ -261,11 +276,11 @@ func (c *ServerConn) tryWriteDataLocked(s *ServerStream, p []byte) bool {
 	c.sendWin -= n
 	maxFrame := int(c.peerMaxFrame)
 	c.mu.Unlock()
-	bufs, _ := c.dataFrameVec(s.id, p, false, maxFrame)
+	df, bufs, _ := c.dataFrameVec(s.id, p, false, maxFrame)
+	defer df.release()
 	total := len(p) + len(bufs)/2*frameHeaderLen
 	frames := len(bufs) / 2
 	sent, err := c.vec.sock.TryWritev(bufs) // it may modify bufs
-	clear(c.vec.bufs[:])
 	if err == nil && sent == 0 {
 		// The socket is full: nothing went, so nothing was taken.
 		c.dataFramesSent.Add(-int64(frames))
@@ -279,14 +294,13 @@ func (c *ServerConn) tryWriteDataLocked(s *ServerStream, p []byte) bool {
 	if err == nil && sent < total {
 		// The socket took part of the frames. The rest must go before anything else, and the
 		// caller cannot wait: a goroutine of its own writes it, holding c.writing meanwhile.
-		segs := c.vec.bufs[:0]
+		segs := df.bufs[:0]
 		for i, q := 0, p; i < frames; i++ {
 			k := min(len(q), maxFrame)
-			segs = append(segs, c.vec.hdrs[i][:], q[:k])
+			segs = append(segs, df.hdrs[i][:], q[:k])
 			q = q[k:]
 		}
-		c.finishDataLater(sent, segs)
-		clear(c.vec.bufs[:])
+		c.finishDataLater(sent, segs) // copies what is left
 		c.mu.Lock()
 		return true
 	}
