@@ -171,6 +171,59 @@ func AfterFunc(ctx context.Context, f func()) (stop func() bool) {
 	return context.AfterFunc(ctx, f)
 }
 
+// Wait waits until ch is closed or ctx is done, and returns nil or ctx's Err. For a Context of
+// this package it waits without making the Context's Done channel (which would stay for the
+// Context's life): a watch is registered for the wait and removed after it.
+func Wait(ctx context.Context, ch <-chan struct{}) error {
+	select {
+	case <-ch:
+		return nil
+	default:
+	}
+	c, ok := ctx.(*Context)
+	if !ok {
+		select {
+		case <-ch:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	wake := make(chan struct{})
+	stop := c.AfterFunc(func() { close(wake) })
+	select {
+	case <-ch:
+		stop()
+		return nil
+	case <-wake:
+		return c.Err()
+	}
+}
+
+// Detach returns a standard-library context cancelled when ctx is done, with ctx's deadline but
+// not its values, for an operation that derives contexts of its own (a dial: net.Dialer derives
+// one for its timeout). Derived from a Context of this package directly, such a context would ask
+// for its Done channel, which the Context then keeps for its life; this one is garbage once the
+// operation is over. release must be called then. Any other ctx is returned as it is.
+func Detach(ctx context.Context) (detached context.Context, release func()) {
+	c, ok := ctx.(*Context)
+	if !ok {
+		return ctx, func() {}
+	}
+	d, cancel := context.WithCancelCause(context.Background())
+	if at, ok := c.Deadline(); ok {
+		var cancelDeadline context.CancelFunc
+		d, cancelDeadline = context.WithDeadline(d, at)
+		stopDeadline := cancel
+		cancel = func(cause error) { cancelDeadline(); stopDeadline(cause) }
+	}
+	stop := c.AfterFunc(func() { cancel(c.Cause()) })
+	return d, func() {
+		stop()
+		cancel(context.Canceled)
+	}
+}
+
 func (c *Context) addLocked(w *watcher) {
 	w.owner, w.idx = c, len(c.watchers)
 	c.watchers = append(c.watchers, w)

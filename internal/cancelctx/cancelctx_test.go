@@ -289,3 +289,78 @@ func BenchmarkStreamContexts(b *testing.B) {
 		}
 	})
 }
+
+func TestDetach(t *testing.T) {
+	why := errors.New("client reset")
+	c := New(context.Background())
+	d, release := Detach(c)
+	defer release()
+	derived, cancel := context.WithTimeout(d, time.Minute) // what net.Dialer does
+	defer cancel()
+	if c.done != nil {
+		t.Fatal("deriving from the detached context made the Context's Done channel")
+	}
+	c.CancelCause(why)
+	waitDone(t, derived)
+	if context.Cause(d) != why {
+		t.Fatalf("detached cause %v, want %v", context.Cause(d), why)
+	}
+}
+
+func TestDetachReleaseUnregisters(t *testing.T) {
+	c := New(context.Background())
+	d, release := Detach(c)
+	release()
+	if len(c.watchers) != 0 {
+		t.Fatalf("%d watchers left after release", len(c.watchers))
+	}
+	if d.Err() == nil {
+		t.Fatal("the detached context is still live after release")
+	}
+	if c.Err() != nil {
+		t.Fatal("release cancelled the Context it was detached from")
+	}
+}
+
+func TestDetachKeepsDeadline(t *testing.T) {
+	at := time.Now().Add(time.Hour)
+	parent, cancel := context.WithDeadline(context.Background(), at)
+	defer cancel()
+	d, release := Detach(New(parent))
+	defer release()
+	if got, ok := d.Deadline(); !ok || !got.Equal(at) {
+		t.Fatalf("deadline %v %v, want %v", got, ok, at)
+	}
+	std, release2 := Detach(parent)
+	defer release2()
+	if std != parent {
+		t.Fatal("a standard-library context was not returned as it is")
+	}
+}
+
+func TestWait(t *testing.T) {
+	c := New(context.Background())
+	ready := make(chan struct{})
+	go func() { time.Sleep(10 * time.Millisecond); close(ready) }()
+	if err := Wait(c, ready); err != nil {
+		t.Fatalf("Wait on a channel that closed: %v", err)
+	}
+	if c.done != nil || len(c.watchers) != 0 {
+		t.Fatal("Wait left the Context's Done channel made or its watch registered")
+	}
+
+	never := make(chan struct{})
+	go func() { time.Sleep(10 * time.Millisecond); c.Cancel() }()
+	if err := Wait(c, never); err != context.Canceled {
+		t.Fatalf("Wait on a cancelled Context: %v, want context.Canceled", err)
+	}
+
+	std, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := Wait(std, never); err != context.Canceled {
+		t.Fatalf("Wait on a cancelled standard-library context: %v", err)
+	}
+	if err := Wait(std, ready); err != nil {
+		t.Fatalf("Wait on a closed channel with a done context: %v, want nil (the channel first)", err)
+	}
+}

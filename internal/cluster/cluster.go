@@ -18,6 +18,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/switchyard-proxy/switchyard/internal/cancelctx"
 	"github.com/switchyard-proxy/switchyard/internal/codec/http2"
 	"github.com/switchyard-proxy/switchyard/internal/config"
 	"github.com/switchyard-proxy/switchyard/internal/rawsys"
@@ -183,12 +184,10 @@ func (c *Cluster) hostSet() *hostSet { return c.hosts.Load() }
 // first resolution attempt for DNS clusters), so startup can wait for clusters the way Envoy's
 // init manager does.
 func (c *Cluster) WaitReady(ctx context.Context) error {
-	select {
-	case <-c.ready:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("cluster %s: waiting for the first DNS resolution: %w", c.Config.Name, ctx.Err())
+	if err := cancelctx.Wait(ctx, c.ready); err != nil {
+		return fmt.Errorf("cluster %s: waiting for the first DNS resolution: %w", c.Config.Name, err)
 	}
+	return nil
 }
 
 // StartRequest counts one upstream request against max_requests and upstream_rq_active. It
@@ -320,12 +319,15 @@ func (c *Cluster) dial(ctx context.Context, h *Host) (*pconn, error) {
 	// it on with four setsockopt calls per connection). StartConnect rules out a LocalAddr (a
 	// source address, upstream_bind_config, would need the connect left to the dialer).
 	d := net.Dialer{Timeout: c.Config.ConnectTimeout, KeepAlive: -1, Control: rawsys.StartConnect}
-	conn, err := d.DialContext(ctx, "tcp", h.DialAddress())
+	// The dialer's and the handshake's timeout contexts must not make the stream's Done channel.
+	dctx, release := cancelctx.Detach(ctx)
+	conn, err := d.DialContext(dctx, "tcp", h.DialAddress())
 	if err == nil && c.tls != nil {
-		hctx, cancel := context.WithTimeout(ctx, c.Config.ConnectTimeout)
+		hctx, cancel := context.WithTimeout(dctx, c.Config.ConnectTimeout)
 		conn, err = c.handshake(hctx, conn)
 		cancel()
 	}
+	release()
 	if err == nil {
 		return newPconn(conn, h), nil
 	}

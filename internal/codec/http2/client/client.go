@@ -340,12 +340,18 @@ func (c *ClientConn) NewStream(ctx context.Context, h *headers.Map, endStream bo
 	}
 
 	if upgrade != "" {
+		// The SETTINGS usually came long ago: look first without asking for ctx's Done, which
+		// a stream's context (cancelctx) makes only when asked and keeps for the tunnel's life.
 		select {
 		case <-c.settingsCh:
-		case <-ctx.Done():
-			return nil, fmt.Errorf("waiting for the upstream's SETTINGS: %w", ctx.Err())
-		case <-c.closing:
-			return nil, ErrConnClosed
+		default:
+			select {
+			case <-c.settingsCh:
+			case <-ctx.Done():
+				return nil, fmt.Errorf("waiting for the upstream's SETTINGS: %w", ctx.Err())
+			case <-c.closing:
+				return nil, ErrConnClosed
+			}
 		}
 		c.mu.Lock()
 		allowed := c.peerConnect

@@ -88,10 +88,8 @@ func (s *ClientStream) ID() uint32 {
 // the internal shape: for an upgrade, 200 becomes 101 + upgrade + connection: upgrade, other
 // statuses pass unchanged. The map belongs to the caller.
 func (s *ClientStream) Response(ctx context.Context) (*headers.Map, error) {
-	select {
-	case <-s.hdrReady:
-	case <-ctx.Done():
-		return nil, ctx.Err()
+	if err := cancelctx.Wait(ctx, s.hdrReady); err != nil {
+		return nil, err
 	}
 	s.c.mu.Lock()
 	defer s.c.mu.Unlock()
