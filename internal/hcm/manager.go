@@ -337,6 +337,9 @@ func (c *countingConn) CountRead(n int) { c.rx.Add(uint64(n)) }
 // CountWrite counts bytes written to the socket underneath (the HTTP/2 codec's vectored writes).
 func (c *countingConn) CountWrite(n int) { c.tx.Add(uint64(n)) }
 
+// SocketWriter shares the connection's writer with the HTTP/2 codec (rawsys.NewConnWriter).
+func (c *countingConn) SocketWriter() *rawsys.ConnWriter { return c.sock }
+
 // NetConn exposes the socket so the tunnel can wait for readability without a buffer.
 func (c *countingConn) NetConn() net.Conn { return c.Conn }
 

@@ -123,8 +123,19 @@ type ConnWriter struct {
 	writev  func(fd uintptr) bool
 }
 
+// SocketWriter is a connection that already has a ConnWriter: NewConnWriter shares it (one per
+// socket, rather than one for each layer that writes to it).
+type SocketWriter interface {
+	SocketWriter() *ConnWriter
+}
+
 // NewConnWriter returns a writer for c's socket, or nil when Socket(c) is nil: write to c then.
 func NewConnWriter(c net.Conn) *ConnWriter {
+	if sw, ok := c.(SocketWriter); ok {
+		if w := sw.SocketWriter(); w != nil {
+			return w
+		}
+	}
 	rc := Socket(c)
 	if rc == nil {
 		return nil

@@ -291,3 +291,33 @@ func TestConnReaderReset(t *testing.T) {
 		t.Fatalf("read after the peer's reset: %v", err)
 	}
 }
+
+// sharing is a connection that already has a writer for its socket.
+type sharing struct {
+	counting
+	w *ConnWriter
+}
+
+func (c *sharing) SocketWriter() *ConnWriter { return c.w }
+
+// Layers that each ask for a writer on the same connection share the one it has, and bytes
+// written through either are counted once.
+func TestConnWriterShared(t *testing.T) {
+	a, b := tcpPair(t)
+	c := &sharing{counting: counting{Conn: a}}
+	if NewConnWriter(c) == nil || c.w != nil {
+		t.Fatal("a connection without a writer yet did not get a new one")
+	}
+	c.w = NewConnWriter(&c.counting)
+	w := NewConnWriter(c)
+	if w != c.w {
+		t.Fatal("NewConnWriter made a second writer for a connection that has one")
+	}
+	if _, err := w.Write([]byte("shared")); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 6)
+	if _, err := io.ReadFull(b, got); err != nil || string(got) != "shared" || c.n != 6 {
+		t.Fatalf("read %q (%v), counted %d; want \"shared\", 6", got, err, c.n)
+	}
+}
