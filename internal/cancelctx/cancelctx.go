@@ -200,28 +200,18 @@ func Wait(ctx context.Context, ch <-chan struct{}) error {
 	}
 }
 
-// Detach returns a standard-library context cancelled when ctx is done, with ctx's deadline but
-// not its values, for an operation that derives contexts of its own (a dial: net.Dialer derives
-// one for its timeout). Derived from a Context of this package directly, such a context would ask
-// for its Done channel, which the Context then keeps for its life; this one is garbage once the
-// operation is over. release must be called then. Any other ctx is returned as it is.
+// Detach returns a context for an operation that derives contexts of its own from ctx (a dial:
+// net.Dialer derives one for its timeout), and release, to call once the operation is over.
+// Derived from a Context of this package directly, such a context would ask for its Done channel,
+// which the Context then keeps for its life; derived from the child Detach returns, the channel is
+// the child's, garbage once the operation is over. Any other ctx is returned as it is.
 func Detach(ctx context.Context) (detached context.Context, release func()) {
 	c, ok := ctx.(*Context)
 	if !ok {
 		return ctx, func() {}
 	}
-	d, cancel := context.WithCancelCause(context.Background())
-	if at, ok := c.Deadline(); ok {
-		var cancelDeadline context.CancelFunc
-		d, cancelDeadline = context.WithDeadline(d, at)
-		stopDeadline := cancel
-		cancel = func(cause error) { cancelDeadline(); stopDeadline(cause) }
-	}
-	stop := c.AfterFunc(func() { cancel(c.Cause()) })
-	return d, func() {
-		stop()
-		cancel(context.Canceled)
-	}
+	d := New(c)
+	return d, d.Cancel
 }
 
 func (c *Context) addLocked(w *watcher) {

@@ -302,8 +302,8 @@ func TestDetach(t *testing.T) {
 	}
 	c.CancelCause(why)
 	waitDone(t, derived)
-	if context.Cause(d) != why {
-		t.Fatalf("detached cause %v, want %v", context.Cause(d), why)
+	if d.(*Context).Cause() != why {
+		t.Fatalf("detached cause %v, want %v", d.(*Context).Cause(), why)
 	}
 }
 

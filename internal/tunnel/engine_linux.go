@@ -514,6 +514,7 @@ type loop struct {
 	// Owned by the loop's goroutine.
 	events []syscall.EpollEvent
 	buf    []byte
+	slab   *[]byte      // buf's pooled slab
 	ready  []*direction // directions to serve this round: events, and turns left over
 	spare  []*direction // the ready list's other half, swapped in each round
 	work   []func()
@@ -627,7 +628,8 @@ func (l *loop) add(ds ...*direction) error {
 	}
 	if !l.running {
 		l.running = true
-		l.buf = make([]byte, loopBufSize)
+		l.slab = buffer.GetSlab() // from the pool: under handshake load a loop stops and starts often
+		l.buf = *l.slab
 		if l.ring != nil {
 			l.mapArena()
 		}
@@ -829,7 +831,8 @@ func (l *loop) run() {
 		l.mu.Lock()
 		if len(l.dirs) == 0 && len(l.inbox) == 0 {
 			l.running = false
-			l.buf = nil // an idle process keeps no loop buffer
+			buffer.PutSlab(l.slab) // an idle process keeps no loop buffer
+			l.buf, l.slab = nil, nil
 			l.unmapArena()
 			l.mu.Unlock()
 			return
