@@ -31,7 +31,10 @@ type iterator struct {
 	aborted  func() bool                      // a local reply or reset ended this direction
 	sinkH    func(h *headers.Map, end bool)   // after the last stage
 	sinkD    func(b *buffer.Buffer, end bool) // after the last stage
-	acct     *memacct.Account                 // charged with what stages hold; nil: no accounting
+	// sinkIgnoresHeaders: sinkH does nothing with the headers (the decode direction's), so once
+	// the last stage has them the iterator need not keep them for a resume.
+	sinkIgnoresHeaders bool
+	acct               *memacct.Account // charged with what stages hold; nil: no accounting
 }
 
 func newIterator(stages []*stage) *iterator {
@@ -55,6 +58,9 @@ func (it *iterator) resumeHeaders(from int) bool {
 		}
 		if st == filter.StopIteration && !it.hEnd {
 			it.stopped = i
+			if i == len(it.stages)-1 && it.sinkIgnoresHeaders {
+				it.h = nil // a resume goes to the sink only (the router holds a tunnel's headers)
+			}
 			return false
 		}
 	}

@@ -26,13 +26,15 @@ const (
 // h1Stream is one request on an HTTP/1.1 connection. Requests are served one at a time, so the
 // stream borrows the connection's reader and writer.
 type h1Stream struct {
-	c    *conn
-	s    *stream
-	req  *http1.Request
-	ri   requestInfo
-	body *http1.BodyReader
-	raw  *tunnel.SlabReader // the tunnel's reads, once the connection switched
-	stop atomic.Bool        // reset: the tunnel's Stream of the socket ends (see streamTunnel)
+	c *conn
+	s *stream
+	// The request's declared body length (-1: none): the stream keeps the request's headers no
+	// longer than the chain needs them, so the request itself is not kept.
+	contentLength int64
+	ri            requestInfo
+	body          *http1.BodyReader
+	raw           *tunnel.SlabReader // the tunnel's reads, once the connection switched
+	stop          atomic.Bool        // reset: the tunnel's Stream of the socket ends (see streamTunnel)
 
 	// Owned by the encode side.
 	mode       bodyMode
@@ -42,7 +44,7 @@ type h1Stream struct {
 }
 
 func newH1Stream(c *conn, req *http1.Request) *h1Stream {
-	d := &h1Stream{c: c, req: req}
+	d := &h1Stream{c: c, contentLength: req.ContentLength}
 	d.ri = requestInfo{
 		http10:    req.Minor == 0,
 		bodyless:  req.ContentLength <= 0 && !req.Chunked,
@@ -93,7 +95,7 @@ func (d *h1Stream) read(tunnelMode bool) (*[]byte, int, error) {
 		return d.raw.Read()
 	}
 	if d.body == nil {
-		d.body = http1.NewBodyReader(c.br, d.req.ContentLength, d.req.Chunked, false)
+		d.body = http1.NewBodyReader(c.br, d.contentLength, d.ri.chunked, false)
 	}
 	slab, n, err := tunnel.ReadSlabFrom(d.body)
 	var pe *http1.ParseError

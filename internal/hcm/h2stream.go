@@ -168,7 +168,7 @@ func (m *Manager) serveH2(ctx context.Context, nc net.Conn, c *conn, scheme stri
 	sc := http2.NewServerConn(c.nc, br, m.h2cfg, func(st *http2.ServerStream) {
 		s.RqHTTP2Total.Inc()
 		d := newH2Stream(st, remote, scheme)
-		str := newStream(st.Context(), m, d, st.Headers())
+		str := newStream(st.Context(), m, d, st.TakeHeaders())
 		d.s = str
 		st.SetAccount(str.acct)
 		str.run()

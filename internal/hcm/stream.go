@@ -199,6 +199,7 @@ func (s *stream) run() bool {
 	}
 	s.pumpEligible = !end && s.canPumpOnDemand()
 	s.dec.pushHeaders(h, end) // the router may call PumpOnDemand, and run the tunnel, in here
+	s.h = nil                 // the chain has them; a tunnel that stays open for hours does not keep them here
 	if s.pumpStarted {
 		if s.unattended && s.leave() {
 			return false
@@ -305,6 +306,7 @@ func (s *stream) buildChain(chain []*config.HTTPFilter) {
 	}
 	s.dec.aborted = s.aborted
 	s.dec.sinkH = func(*headers.Map, bool) {}
+	s.dec.sinkIgnoresHeaders = true
 	s.dec.sinkD = func(*buffer.Buffer, bool) {}
 
 	s.enc = newIterator(encStages)

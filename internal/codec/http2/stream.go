@@ -84,6 +84,15 @@ type ServerStream struct {
 // run, so an extended CONNECT reads as GET + upgrade + connection: upgrade.
 func (s *ServerStream) Headers() *headers.Map { return s.hdr }
 
+// TakeHeaders is Headers for a handler that keeps the map for as long as it needs it: the stream
+// lets go of it (Headers returns nil from then on), so a tunnel that outlives its request does
+// not keep it through the stream.
+func (s *ServerStream) TakeHeaders() *headers.Map {
+	h := s.hdr
+	s.hdr = nil
+	return h
+}
+
 // ID is the HTTP/2 stream identifier, for logs.
 func (s *ServerStream) ID() uint32 { return s.id }
 

@@ -237,7 +237,7 @@ func (c *ClientConn) onData(f *h2.DataFrame, pend *rpend) error {
 	}
 	end := f.StreamEnded()
 	switch {
-	case s.resp == nil:
+	case !s.respGot:
 		c.malformedLocked(s, "DATA before the response HEADERS", pend)
 	case s.recvEnd:
 		c.resetLocked(s, h2.ErrCodeStreamClosed, errors.New("DATA after END_STREAM"), pend)
@@ -318,7 +318,7 @@ func (c *ClientConn) onHeaders(f *h2.MetaHeadersFrame, pend *rpend) error {
 		}
 		return nil
 	}
-	if s.resp != nil {
+	if s.respGot {
 		// Trailers: RFC 9113 §8.1 — END_STREAM and no pseudo-headers.
 		if !end || h.Len() > 0 && h.Fields()[0].Name[0] == ':' {
 			c.malformedLocked(s, "trailers without END_STREAM or with pseudo-headers", pend)
@@ -350,7 +350,7 @@ func (c *ClientConn) onHeaders(f *h2.MetaHeadersFrame, pend *rpend) error {
 			s.contentLen = cl
 		}
 		http2.ResponseFromH2(h, s.upgrade)
-		s.resp, s.respEnd = h, end
+		s.resp, s.respGot, s.respEnd = h, true, end
 		s.hdrClosed = true
 		close(s.hdrReady)
 	}

@@ -2,7 +2,9 @@ package client
 
 import (
 	"context"
+	"errors"
 	"io"
+	"strings"
 	"sync"
 
 	h2 "golang.org/x/net/http2"
@@ -37,7 +39,8 @@ type ClientStream struct {
 	recvEnd    bool // END_STREAM received
 	closed     bool
 	hdrClosed  bool
-	resp       *headers.Map
+	resp       *headers.Map // the final response headers until Response hands them over
+	respGot    bool         // the final response headers arrived
 	respEnd    bool
 	trailers   *headers.Map
 	rerr       error // read side: why Read/Response fail
@@ -60,8 +63,8 @@ type ClientStream struct {
 func newStream(c *ClientConn, ctx context.Context, method, upgrade string) *ClientStream {
 	s := &ClientStream{
 		c:          c,
-		method:     method,
-		upgrade:    upgrade,
+		method:     strings.Clone(method),  // not views of the request head: a tunnel would keep
+		upgrade:    strings.Clone(upgrade), // the whole head for its life
 		hdrReady:   make(chan struct{}),
 		readNotify: make(chan struct{}, 1),
 		sendNotify: make(chan struct{}, 1),
@@ -86,18 +89,26 @@ func (s *ClientStream) ID() uint32 {
 // Response waits for the final response headers: interim 1xx are skipped; the block is checked
 // (RFC 9113 §8.2, a missing or 101 :status is malformed and resets the stream) and translated to
 // the internal shape: for an upgrade, 200 becomes 101 + upgrade + connection: upgrade, other
-// statuses pass unchanged. The map belongs to the caller.
+// statuses pass unchanged. The map belongs to the caller: the stream lets go of it (a tunnel
+// outlives its response by hours), and a second call gets errResponseTaken.
 func (s *ClientStream) Response(ctx context.Context) (*headers.Map, error) {
 	if err := cancelctx.Wait(ctx, s.hdrReady); err != nil {
 		return nil, err
 	}
 	s.c.mu.Lock()
 	defer s.c.mu.Unlock()
-	if s.resp == nil {
+	if !s.respGot {
 		return nil, s.rerr
 	}
-	return s.resp, nil
+	h := s.resp
+	if h == nil {
+		return nil, errResponseTaken
+	}
+	s.resp = nil
+	return h, nil
 }
+
+var errResponseTaken = errors.New("http2 client: the response headers were already taken")
 
 // EndStreamOnHeaders reports whether the final response headers carried END_STREAM: there is
 // no body (and, for an upgrade, the upstream already half-closed).
