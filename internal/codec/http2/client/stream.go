@@ -23,9 +23,10 @@ type ClientStream struct {
 	method  string
 	upgrade string // the Upgrade token when this is an extended CONNECT, else ""
 
-	hdrReady   chan struct{} // closed when the final response headers or an error arrived
-	readNotify chan struct{} // cap 1: read-side state changed (data, end, error)
-	sendNotify chan struct{} // cap 1: send window grew or the stream ended
+	hdrReady chan struct{} // closed when the final response headers or an error arrived; nil once Response took them
+	// cap 1, made under c.mu by the first wait (a tunnel whose DATA goes to a sink seldom waits):
+	readNotify chan struct{} // read-side state changed (data, end, error)
+	sendNotify chan struct{} // send window grew or the stream ended
 	wdone      chan error    // cap 1: the writer's answer to NewStream's HEADERS and Write's last DATA
 
 	// owned by the writer goroutine
@@ -66,8 +67,6 @@ func newStream(c *ClientConn, ctx context.Context, method, upgrade string) *Clie
 		method:     strings.Clone(method),  // not views of the request head: a tunnel would keep
 		upgrade:    strings.Clone(upgrade), // the whole head for its life
 		hdrReady:   make(chan struct{}),
-		readNotify: make(chan struct{}, 1),
-		sendNotify: make(chan struct{}, 1),
 		wdone:      make(chan error, 1),
 		contentLen: -1,
 	}
@@ -92,8 +91,13 @@ func (s *ClientStream) ID() uint32 {
 // statuses pass unchanged. The map belongs to the caller: the stream lets go of it (a tunnel
 // outlives its response by hours), and a second call gets errResponseTaken.
 func (s *ClientStream) Response(ctx context.Context) (*headers.Map, error) {
-	if err := cancelctx.Wait(ctx, s.hdrReady); err != nil {
-		return nil, err
+	s.c.mu.Lock()
+	ready := s.hdrReady
+	s.c.mu.Unlock()
+	if ready != nil {
+		if err := cancelctx.Wait(ctx, ready); err != nil {
+			return nil, err
+		}
 	}
 	s.c.mu.Lock()
 	defer s.c.mu.Unlock()
@@ -105,6 +109,7 @@ func (s *ClientStream) Response(ctx context.Context) (*headers.Map, error) {
 		return nil, errResponseTaken
 	}
 	s.resp = nil
+	s.hdrReady = nil // closed, and no one needs it now (hdrClosed keeps closeLocked off it)
 	return h, nil
 }
 
@@ -157,9 +162,10 @@ func (s *ClientStream) Read(p []byte) (int, error) {
 			c.mu.Unlock()
 			return 0, io.EOF
 		}
+		wake := s.readWaitLocked()
 		c.mu.Unlock()
 		select {
-		case <-s.readNotify:
+		case <-wake:
 		case <-s.ctx.Done():
 			s.onCtxDone()
 		}
@@ -218,12 +224,16 @@ func (s *ClientStream) WaitReadable() {
 		c.mu.Lock()
 		s.consuming = false
 		ready := s.rerr != nil || s.roff < len(s.rbuf) || s.recvEnd
+		var wake chan struct{}
+		if !ready {
+			wake = s.readWaitLocked()
+		}
 		c.mu.Unlock()
 		if ready {
 			return
 		}
 		select {
-		case <-s.readNotify:
+		case <-wake:
 		case <-s.ctx.Done():
 			s.onCtxDone()
 		}
@@ -255,9 +265,10 @@ func (s *ClientStream) Write(p []byte, end bool) error {
 		if n > 0 {
 			win := min(s.sendWindow, c.sendWindow)
 			if win <= 0 {
+				wake := s.sendWaitLocked()
 				c.mu.Unlock()
 				select {
-				case <-s.sendNotify:
+				case <-wake:
 				case <-s.ctx.Done():
 					s.onCtxDone()
 				}
@@ -426,7 +437,25 @@ func (s *ClientStream) releaseRbufLocked() {
 	rbufPool.Put(h)
 }
 
-// notifyRead wakes a Read, or the read hook. Called with the connection's lock held.
+// readWaitLocked is the channel a reader about to wait selects on: made now, under the lock the
+// state was checked under, so a notify after the check finds it.
+func (s *ClientStream) readWaitLocked() chan struct{} {
+	if s.readNotify == nil {
+		s.readNotify = make(chan struct{}, 1)
+	}
+	return s.readNotify
+}
+
+// sendWaitLocked is readWaitLocked for a writer waiting for the send window.
+func (s *ClientStream) sendWaitLocked() chan struct{} {
+	if s.sendNotify == nil {
+		s.sendNotify = make(chan struct{}, 1)
+	}
+	return s.sendNotify
+}
+
+// notifyRead wakes a Read, or the read hook. Called with the connection's lock held. (A nil
+// channel: no one has waited yet, and whoever waits next checks the state first.)
 func (s *ClientStream) notifyRead() {
 	select {
 	case s.readNotify <- struct{}{}:
@@ -437,6 +466,7 @@ func (s *ClientStream) notifyRead() {
 	}
 }
 
+// notifySend wakes a writer waiting for the send window. Called with the connection's lock held.
 func (s *ClientStream) notifySend() {
 	select {
 	case s.sendNotify <- struct{}{}:
