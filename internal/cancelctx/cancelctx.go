@@ -19,6 +19,7 @@ package cancelctx
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -34,13 +35,19 @@ type Context struct {
 	parent context.Context
 
 	mu       sync.Mutex
-	done     chan struct{} // made by the first Done, or closedDone once cancelled before that
-	err      error
-	cause    error
-	watchers []*watcher // registered and not yet run or stopped
+	done     chan struct{}                 // made by the first Done, or closedDone once cancelled before that
+	doneSeen atomic.Pointer[chan struct{}] // &done once made: Done's fast path, without the lock
+	end      atomic.Pointer[ending]        // set once, by the cancel: Err and Cause without the lock
+	watchers []*watcher                    // registered and not yet run or stopped
 
 	self       watcher     // this context's registration with a parent of this package
 	stopParent func() bool // its registration with a standard-library parent, if any
+}
+
+// ending is why a Context was cancelled. It is allocated by the cancel, which keeps the Context
+// itself small for its (long) life before that.
+type ending struct {
+	err, cause error
 }
 
 // watcher is one registration with a Context: a child Context, cancelled synchronously, or a
@@ -58,14 +65,13 @@ func New(parent context.Context) *Context {
 	c.self.child = c
 	if p, ok := parent.(*Context); ok {
 		p.mu.Lock()
-		if p.err == nil {
-			p.addLocked(&c.self)
+		if e := p.end.Load(); e != nil {
 			p.mu.Unlock()
+			c.cancel(e.err, e.cause, false)
 			return c
 		}
-		err, cause := p.err, p.cause
+		p.addLocked(&c.self)
 		p.mu.Unlock()
-		c.cancel(err, cause, false)
 		return c
 	}
 	if parent.Done() == nil {
@@ -91,9 +97,10 @@ func (c *Context) CancelCause(cause error) { c.cancel(context.Canceled, cause, t
 // Cause is what context.Cause returns for a standard-library context: the cause given to
 // CancelCause (or inherited from the parent), its Err if none, nil while not cancelled.
 func (c *Context) Cause() error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.cause
+	if e := c.end.Load(); e != nil {
+		return e.cause
+	}
+	return nil
 }
 
 // cancel ends c and its descendants. detach removes c from its parent; a parent cancelling its
@@ -103,13 +110,14 @@ func (c *Context) cancel(err, cause error, detach bool) {
 		cause = err
 	}
 	c.mu.Lock()
-	if c.err != nil {
+	if c.end.Load() != nil {
 		c.mu.Unlock()
 		return
 	}
-	c.err, c.cause = err, cause
+	c.end.Store(&ending{err: err, cause: cause})
 	if c.done == nil {
 		c.done = closedDone
+		c.doneSeen.Store(&c.done)
 	} else {
 		close(c.done)
 	}
@@ -144,7 +152,7 @@ func (c *Context) cancel(err, cause error, detach bool) {
 func (c *Context) AfterFunc(f func()) (stop func() bool) {
 	w := &watcher{fn: f}
 	c.mu.Lock()
-	if c.err != nil {
+	if c.end.Load() != nil {
 		c.mu.Unlock()
 		go f()
 		return func() bool { return false }
@@ -238,19 +246,24 @@ func (c *Context) removeLocked(w *watcher) {
 
 // Done is closed when the context is cancelled.
 func (c *Context) Done() <-chan struct{} {
+	if d := c.doneSeen.Load(); d != nil {
+		return *d
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.done == nil {
 		c.done = make(chan struct{})
+		c.doneSeen.Store(&c.done)
 	}
 	return c.done
 }
 
 // Err is nil until the context is cancelled, then context.Canceled or the parent's error.
 func (c *Context) Err() error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.err
+	if e := c.end.Load(); e != nil {
+		return e.err
+	}
+	return nil
 }
 
 // Deadline is the parent's: cancellation adds none.
