@@ -576,6 +576,9 @@ func (c *ServerConn) onHeaders(f *h2.HeadersFrame) error {
 		return err
 	}
 	blk, err := c.readBlock(f)
+	// The stream (or the trailers) own the map from here: a connection that carries one tunnel
+	// and then goes quiet for hours must not keep its request's headers through the block.
+	defer func() { c.block.h = nil }()
 	if err != nil {
 		return err
 	}
