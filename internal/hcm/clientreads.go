@@ -49,7 +49,7 @@ type clientReads struct {
 	paused  bool          // deliver refused more: the pump resumes the reads once it has caught up
 	ended   bool          // the Reader's Done came
 	endErr  error         // what Done said (nil: the client's FIN)
-	doneCh  chan struct{} // closed by the Reader's Done
+	doneCh  chan struct{} // closed by the Reader's Done; made by the pump when it waits for it
 	started chan struct{} // closed once the connection's goroutine has let go
 }
 
@@ -103,7 +103,7 @@ func (s *stream) takeClientReads(readErr error, pass func(p []byte) bool) bool {
 // startReaderLocked has the engine read the client. Called with the stream's handoffMu held.
 func (cr *clientReads) startReaderLocked() error {
 	cr.mu.Lock()
-	cr.ended, cr.endErr, cr.doneCh = false, nil, make(chan struct{})
+	cr.ended, cr.endErr, cr.doneCh = false, nil, nil
 	cr.mu.Unlock()
 	rd, err := tunnel.DefaultEngine().StartReader(tunnel.ReaderOptions{Conn: cr.d.c.nc, Deliver: cr.deliver, Done: cr.done})
 	if err != nil {
@@ -144,7 +144,9 @@ func (cr *clientReads) done(why error) {
 	cr.ended, cr.endErr = true, why
 	ch := cr.doneCh
 	cr.mu.Unlock()
-	close(ch)
+	if ch != nil {
+		close(ch)
+	}
 	cr.pump.Ask()
 }
 
@@ -163,9 +165,15 @@ func (cr *clientReads) run() (ended bool) {
 			rd.Abort(errToPump)
 		}
 		cr.mu.Lock()
-		ch := cr.doneCh
+		var ch chan struct{}
+		if !cr.ended {
+			cr.doneCh = make(chan struct{})
+			ch = cr.doneCh
+		}
 		cr.mu.Unlock()
-		<-ch
+		if ch != nil {
+			<-ch
+		}
 		_, _, why = cr.drain() // what the engine read before its Done
 	}
 	if why != errToPump {

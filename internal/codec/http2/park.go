@@ -51,9 +51,9 @@ type parking struct {
 	mu     sync.Mutex
 	queue  [][]byte // what the parked reads delivered
 	queued int
-	done   bool  // the parked reads have ended
-	why    error // what their done said
-	doneCh chan struct{}
+	done   bool          // the parked reads have ended
+	why    error         // what their done said
+	doneCh chan struct{} // made by the pump when it waits for done: a parked connection holds none
 }
 
 // ServeLeaving is Serve for a caller whose goroutine should not wait on a quiet connection. With
@@ -87,7 +87,7 @@ func (c *ServerConn) park() bool {
 		c.pk = p
 	}
 	p.mu.Lock()
-	p.done, p.why, p.doneCh = false, nil, make(chan struct{})
+	p.done, p.why, p.doneCh = false, nil, nil
 	p.mu.Unlock()
 	_ = c.nc.SetReadDeadline(time.Time{}) // the quiet period's, which has passed
 	if len(c.queue) == 0 && !c.writerOn {
@@ -139,7 +139,9 @@ func (p *parking) finished(why error) {
 	p.done, p.why = true, why
 	ch := p.doneCh
 	p.mu.Unlock()
-	close(ch)
+	if ch != nil {
+		close(ch)
+	}
 	p.pump.Ask()
 }
 
@@ -177,9 +179,15 @@ func (p *parking) run() (over bool) {
 		}
 		c.mu.Unlock()
 		p.mu.Lock()
-		ch := p.doneCh
+		var ch chan struct{}
+		if !p.done {
+			p.doneCh = make(chan struct{})
+			ch = p.doneCh
+		}
 		p.mu.Unlock()
-		<-ch
+		if ch != nil {
+			<-ch
+		}
 		_, _, why = p.take() // what they read before they let go
 	}
 	c.mu.Lock()
