@@ -273,7 +273,7 @@ func (cr *clientReads) finish(why error) {
 		s.pumpEnded(why, true)
 	}
 	select {
-	case <-s.done:
+	case <-s.doneChan():
 	case <-s.ctx.Done():
 	}
 	s.end()

@@ -59,7 +59,8 @@ type stream struct {
 	upEnded    atomic.Bool // the client's half of the tunnel ended
 	downEnded  atomic.Bool // the upstream's half of the tunnel ended (written downstream)
 
-	done      chan struct{}
+	finished  atomic.Bool   // markDone ran: the exchange (or tunnel) is over
+	done      chan struct{} // closed by markDone; made by the first waiter (doneChan), under doneMu
 	doneOnce  sync.Once
 	wasReset  atomic.Bool
 	resetOnce sync.Once
@@ -113,7 +114,7 @@ type handoff struct {
 
 func newStream(ctx context.Context, m *Manager, down downstream, h *headers.Map) *stream {
 	// Strings kept for the stream's life are copies: a view would keep the whole request head.
-	s := &stream{m: m, down: down, ri: down.info(), h: h, method: strings.Clone(h.Get(headers.Method)), done: make(chan struct{})}
+	s := &stream{m: m, down: down, ri: down.info(), h: h, method: strings.Clone(h.Get(headers.Method))}
 	s.ctx = cancelctx.New(ctx)
 	s.decoderLimit.Store(int64(m.bufferLimit))
 	s.touch()
@@ -218,7 +219,7 @@ func (s *stream) run() bool {
 		return false // the engine has the connection now, or its client's side
 	}
 	select {
-	case <-s.done:
+	case <-s.doneChan():
 	case <-s.ctx.Done():
 	}
 	return s.keepAlive()
@@ -515,18 +516,37 @@ func (s *stream) maybeTunnelDone() {
 	}
 }
 
-func (s *stream) respFinished() bool {
-	select {
-	case <-s.done:
-		return true
-	default:
-		return false
+func (s *stream) respFinished() bool { return s.finished.Load() }
+
+// closedDone is doneChan's answer once the stream is done and no one had waited.
+var closedDone = func() chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
+}()
+
+// doneChan is closed when the stream is done. It is made by the first goroutine to wait: a
+// tunnel whose goroutine left holds none.
+func (s *stream) doneChan() <-chan struct{} {
+	s.doneMu.Lock()
+	defer s.doneMu.Unlock()
+	if s.done == nil {
+		if s.finished.Load() {
+			return closedDone
+		}
+		s.done = make(chan struct{})
 	}
+	return s.done
 }
 
 func (s *stream) markDone() {
 	s.doneOnce.Do(func() {
-		close(s.done)
+		s.doneMu.Lock()
+		s.finished.Store(true)
+		if s.done != nil {
+			close(s.done)
+		}
+		s.doneMu.Unlock()
 		if !s.decodeDone.Load() || s.upgrade != "" {
 			// The request is still arriving (or is a tunnel) and the exchange is over: stop reading.
 			s.down.abortRead()
