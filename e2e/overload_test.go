@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
+
 	"github.com/switchyard-proxy/switchyard/internal/testing/harness"
 )
 
@@ -373,4 +375,46 @@ func TestStopAcceptingRequests(t *testing.T) {
 		t.Errorf("fixed_heap pressure %d%%, want over 100%% with a 1-byte limit", v)
 	}
 	keep.Close()
+}
+
+// TestShrinkHeap: with envoy.overload_actions.shrink_heap saturated (a fixed_heap limit the heap
+// always exceeds), the proxy gives its free memory back every 10 s, as Envoy's HeapShrinker does,
+// counted in overload.envoy.overload_actions.shrink_heap.shrink_count; a tunnel open across the
+// shrink goes on echoing.
+func TestShrinkHeap(t *testing.T) {
+	t.Parallel()
+	port, _ := upgEchoApp(t)
+	yaml := withOverload(harness.Config{UpstreamPort: port, HCM: upgHCMws}.YAML(), `  refresh_interval: 0.05s
+  resource_monitors:
+  - name: envoy.resource_monitors.fixed_heap
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig
+      max_heap_size_bytes: 1
+  actions:
+  - name: envoy.overload_actions.shrink_heap
+    triggers:
+    - name: envoy.resource_monitors.fixed_heap
+      threshold: {value: 0.95}
+`)
+	p := harness.Start(t, yaml)
+	ws, resp, err := websocket.DefaultDialer.Dial("ws://"+p.Addr("")+"/chat", nil)
+	if err != nil {
+		t.Fatalf("dial: %v (%v)", err, resp)
+	}
+	defer ws.Close()
+	echo := func(msg string) {
+		t.Helper()
+		ws.SetReadDeadline(time.Now().Add(ioWait))
+		if err := ws.WriteMessage(websocket.TextMessage, []byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		if _, got, err := ws.ReadMessage(); err != nil || string(got) != "echo:"+msg {
+			t.Fatalf("echo of %q: %q, %v", msg, got, err)
+		}
+	}
+	echo("before")
+	p.WaitStat("overload.envoy.overload_actions.shrink_heap.active", 1, ioWait)
+	// The first shrink comes 10 s after start (Envoy's fixed interval).
+	p.WaitStat("overload.envoy.overload_actions.shrink_heap.shrink_count", 1, 30*time.Second)
+	echo("after")
 }

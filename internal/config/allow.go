@@ -147,7 +147,7 @@ var notSupportedWhy = map[protoreflect.FullName]string{
 
 	"envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit.runtime_enabled":         "runtime is not supported",
 	"envoy.config.overload.v3.OverloadManager.loadshed_points":                                     "load shed points are not supported yet; use the stop_accepting_requests action",
-	"envoy.config.overload.v3.OverloadAction.typed_config":                                         "stop_accepting_requests and reset_high_memory_stream take no typed_config",
+	"envoy.config.overload.v3.OverloadAction.typed_config":                                         "stop_accepting_requests, reset_high_memory_stream and shrink_heap take no typed_config",
 	"envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig.max_heap_size_bytes_runtime": "runtime is not supported; use max_heap_size_bytes",
 	"envoy.config.listener.v3.Listener.ignore_global_conn_limit":                                   "every listener counts toward global_downstream_max_connections",
 }

@@ -17,6 +17,7 @@ const (
 	GlobalConnectionsMonitor = "envoy.resource_monitors.global_downstream_max_connections"
 	StopAcceptingRequests    = "envoy.overload_actions.stop_accepting_requests"
 	ResetHighMemoryStream    = "envoy.overload_actions.reset_high_memory_stream"
+	ShrinkHeap               = "envoy.overload_actions.shrink_heap"
 )
 
 // DefaultOverloadRefresh is Envoy's default overload_manager.refresh_interval.
@@ -52,7 +53,7 @@ type ResourceMonitor struct {
 
 // OverloadAction is one actions entry: its state is the highest of its triggers'.
 type OverloadAction struct {
-	Name     string // StopAcceptingRequests or ResetHighMemoryStream
+	Name     string // StopAcceptingRequests, ResetHighMemoryStream or ShrinkHeap
 	Triggers []*OverloadTrigger
 }
 
@@ -127,15 +128,15 @@ func (c *compiler) overload(om *overloadv3.OverloadManager, p path) *Overload {
 		ap := p.field("actions").index(i)
 		name := a.GetName()
 		switch name {
-		case StopAcceptingRequests:
+		case StopAcceptingRequests, ShrinkHeap:
 		case ResetHighMemoryStream:
 			if om.GetBufferFactoryConfig() == nil {
 				// Envoy's words: the action has no accounts to act on without it.
 				c.fail(ap.field("name"), "Overload action %q requires buffer_factory_config.", name)
 			}
 		default:
-			c.fail(ap.field("name"), "overload action %q is not supported by switchyard; the actions are %s and %s",
-				name, StopAcceptingRequests, ResetHighMemoryStream)
+			c.fail(ap.field("name"), "overload action %q is not supported by switchyard; the actions are %s, %s and %s",
+				name, StopAcceptingRequests, ResetHighMemoryStream, ShrinkHeap)
 		}
 		if actions[name] {
 			c.fail(ap.field("name"), "Duplicate overload action %s", name)

@@ -93,6 +93,11 @@ func TestOverloadCompiles(t *testing.T) {
 					{Name: StopAcceptingRequests, Triggers: []*OverloadTrigger{{Resource: FixedHeapMonitor, Threshold: 0.99}}},
 					{Name: ResetHighMemoryStream, Triggers: []*OverloadTrigger{{Resource: FixedHeapMonitor, Threshold: 0.9}}},
 				}}},
+		{"shrink_heap", overloadDoc("  resource_monitors:\n" + heapMonitor + "  actions:\n" +
+			"  - name: envoy.overload_actions.shrink_heap\n    triggers:\n    - name: envoy.resource_monitors.fixed_heap\n      threshold: {value: 0.9}\n"),
+			&Overload{RefreshInterval: time.Second,
+				Monitors: []*ResourceMonitor{{Name: FixedHeapMonitor, MaxHeapSizeBytes: 1000}},
+				Actions:  []*OverloadAction{{Name: ShrinkHeap, Triggers: []*OverloadTrigger{{Resource: FixedHeapMonitor, Threshold: 0.9}}}}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -227,7 +232,7 @@ func TestConnectionLimitAndOverloadErrors(t *testing.T) {
 			name: "reset_high_memory_stream typed_config",
 			doc: overloadDoc(action(ResetHighMemoryStream, heapTrigger) + "    typed_config: {\"@type\": type.googleapis.com/envoy.config.overload.v3.ShrinkHeapConfig}\n" +
 				"  buffer_factory_config: {minimum_account_to_track_power_of_two: 20}\n"),
-			path: actPath + ".typed_config", msg: "stop_accepting_requests and reset_high_memory_stream take no typed_config",
+			path: actPath + ".typed_config", msg: "stop_accepting_requests, reset_high_memory_stream and shrink_heap take no typed_config",
 		},
 		{
 			name: "unsupported action",

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"math"
 	"math/rand/v2"
+	"runtime/debug"
 	"runtime/metrics"
 	"sync"
 	"sync/atomic"
@@ -27,6 +28,12 @@ import (
 // memacct): as in Envoy's WorkerImpl, each time the action's state changes it resets the streams
 // holding the most (Tracker.Reset), counted in envoy.overload_actions.reset_high_memory_stream.count.
 //
+// envoy.overload_actions.shrink_heap, as Envoy's HeapShrinker: every 10 s while the action is
+// saturated, the heap's free pages go back to the system (debug.FreeOSMemory: a collection, then
+// every page the heap does not use), counted in overload.envoy.overload_actions.shrink_heap.
+// shrink_count. Go's runtime otherwise keeps pages up to the collector's goal (about twice the
+// live heap), and gives a quiet process none of them back.
+//
 // A nil *overloadManager (no overload_manager in the bootstrap) limits nothing.
 type overloadManager struct {
 	interval time.Duration
@@ -43,7 +50,15 @@ type overloadManager struct {
 	resetStreams *overloadAction  // nil unless envoy.overload_actions.reset_high_memory_stream is configured
 	memory       *memacct.Tracker // the streams' buffer accounts; nil without resetStreams
 	resetCount   *stats.Counter   // envoy.overload_actions.reset_high_memory_stream.count
+
+	shrinkHeap   *overloadAction // nil unless envoy.overload_actions.shrink_heap is configured
+	shrinkEvery  time.Duration   // Envoy's HeapShrinker interval, 10 s
+	shrinkCount  *stats.Counter  // overload.envoy.overload_actions.shrink_heap.shrink_count
+	releaseFreed func()          // debug.FreeOSMemory; a test's counter
 }
+
+// shrinkInterval is how often a saturated shrink_heap releases free memory (Envoy: 10 s).
+const shrinkInterval = 10 * time.Second
 
 // heapMonitor is envoy.resource_monitors.fixed_heap: the Go heap in use (live and not yet swept
 // objects plus the unused space of their spans — tcmalloc's "heap size minus free and unmapped
@@ -66,7 +81,8 @@ func newOverloadManager(cfg *config.Overload, st *stats.Store, log *slog.Logger)
 	if cfg == nil {
 		return nil
 	}
-	o := &overloadManager{interval: cfg.RefreshInterval, log: log, maxConns: cfg.MaxConnections}
+	o := &overloadManager{interval: cfg.RefreshInterval, log: log, maxConns: cfg.MaxConnections,
+		shrinkEvery: shrinkInterval, releaseFreed: debug.FreeOSMemory}
 	for _, m := range cfg.Monitors {
 		sc := st.Scope("overload." + m.Name)
 		// Envoy creates these for every monitor; nothing here fails or overlaps, so they stay 0.
@@ -94,6 +110,9 @@ func newOverloadManager(cfg *config.Overload, st *stats.Store, log *slog.Logger)
 			// Envoy's OverloadActionStatsNames::ResetStreamsCount, in the root scope (no
 			// "overload." prefix).
 			o.resetCount = st.Counter(config.ResetHighMemoryStream + ".count")
+		case config.ShrinkHeap:
+			o.shrinkHeap = act
+			o.shrinkCount = sc.Counter("shrink_count")
 		}
 	}
 	return o
@@ -123,14 +142,31 @@ func (o *overloadManager) refreshLoop(ctx context.Context, wg *sync.WaitGroup) {
 	defer wg.Done()
 	t := time.NewTicker(o.interval)
 	defer t.Stop()
+	var shrink <-chan time.Time
+	if o.shrinkHeap != nil {
+		st := time.NewTicker(o.shrinkEvery)
+		defer st.Stop()
+		shrink = st.C
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 			o.refresh(heapInUse())
+		case <-shrink:
+			o.maybeShrinkHeap()
 		}
 	}
+}
+
+// maybeShrinkHeap gives the heap's free pages back to the system if shrink_heap is saturated.
+func (o *overloadManager) maybeShrinkHeap() {
+	if math.Float64frombits(o.shrinkHeap.state.Load()) < 1 {
+		return
+	}
+	o.releaseFreed()
+	o.shrinkCount.Inc()
 }
 
 // refresh sets every pressure gauge and action state from a heap reading and the open

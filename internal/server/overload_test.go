@@ -1,11 +1,16 @@
 package server
 
 import (
+	"context"
 	"io"
 	"log/slog"
 	"math"
+	"runtime"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/switchyard-proxy/switchyard/internal/config"
 	"github.com/switchyard-proxy/switchyard/internal/stats"
@@ -189,3 +194,70 @@ func TestResetHighMemoryStreamAction(t *testing.T) {
 		t.Error("a tracker without reset_high_memory_stream")
 	}
 }
+
+// shrink_heap gives free memory back only while saturated, once per interval, and counts it under
+// Envoy's name.
+func TestShrinkHeapAction(t *testing.T) {
+	cfg := &config.Overload{RefreshInterval: time.Hour,
+		Monitors: []*config.ResourceMonitor{{Name: config.FixedHeapMonitor, MaxHeapSizeBytes: 1000}},
+		Actions: []*config.OverloadAction{{Name: config.ShrinkHeap, Triggers: []*config.OverloadTrigger{
+			{Resource: config.FixedHeapMonitor, Threshold: 0.9}}}}}
+	st := stats.NewStore()
+	o := newOverloadManager(cfg, st, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	var released atomic.Int64
+	o.releaseFreed = func() { released.Add(1) }
+	count := st.Counter("overload.envoy.overload_actions.shrink_heap.shrink_count")
+
+	o.refresh(500) // 50%: not saturated
+	o.maybeShrinkHeap()
+	if released.Load() != 0 || count.Value() != 0 {
+		t.Fatalf("below the threshold: released %d times, shrink_count %d; want 0", released.Load(), count.Value())
+	}
+	o.refresh(950)
+	o.maybeShrinkHeap()
+	o.maybeShrinkHeap()
+	if released.Load() != 2 || count.Value() != 2 {
+		t.Fatalf("saturated: released %d times, shrink_count %d; want 2", released.Load(), count.Value())
+	}
+	if got := st.Gauge("overload.envoy.overload_actions.shrink_heap.active").Value(); got != 1 {
+		t.Errorf("shrink_heap.active = %d, want 1", got)
+	}
+
+	// The refresh loop runs it on its own ticker.
+	o.refresh(500)
+	o.shrinkEvery = 5 * time.Millisecond
+	o.refresh(990)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	o.start(ctx, &wg)
+	deadline := time.Now().Add(5 * time.Second)
+	for count.Value() < 4 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	wg.Wait()
+	if count.Value() < 4 {
+		t.Fatalf("shrink_count %d after the loop ran, want it counting", count.Value())
+	}
+}
+
+// The real release returns the heap's free pages: after a burst of garbage, the runtime holds
+// fewer idle pages that it has not given back.
+func TestShrinkHeapReleases(t *testing.T) {
+	for range 64 {
+		garbage = append(garbage, make([]byte, 1<<20))
+	}
+	garbage = nil
+	runtime.GC()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	newOverloadManager(&config.Overload{}, stats.NewStore(), slog.New(slog.NewTextHandler(io.Discard, nil))).releaseFreed()
+	runtime.ReadMemStats(&after)
+	kept := func(m runtime.MemStats) uint64 { return m.HeapIdle - m.HeapReleased }
+	if kept(after) >= kept(before) || kept(after) > 8<<20 {
+		t.Fatalf("idle heap not returned: %d -> %d bytes kept", kept(before), kept(after))
+	}
+}
+
+// garbage holds TestShrinkHeapReleases's burst until it lets go of it.
+var garbage [][]byte
