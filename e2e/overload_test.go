@@ -35,6 +35,23 @@ func withConnLimit(t *testing.T, yaml, fields string) string {
 // withOverload appends a bootstrap overload_manager (its fields indented two spaces).
 func withOverload(yaml, block string) string { return yaml + "overload_manager:\n" + block }
 
+// saturatedHeap is an overload_manager block whose fixed_heap monitor (a 1-byte limit) the heap
+// always exceeds, triggering action at threshold.
+func saturatedHeap(action string, threshold float64) string {
+	return fmt.Sprintf(`  refresh_interval: 0.05s
+  resource_monitors:
+  - name: envoy.resource_monitors.fixed_heap
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig
+      max_heap_size_bytes: 1
+  actions:
+  - name: %s
+    triggers:
+    - name: envoy.resource_monitors.fixed_heap
+      threshold: {value: %g}
+`, action, threshold)
+}
+
 // adminAnswers reports whether the admin endpoint at addr answers a request on a new connection
 // (false while the global connection limit has it close connections at accept).
 func adminAnswers(addr string) bool {
@@ -318,18 +335,7 @@ func TestGlobalConnectionLimitCountsAdmin(t *testing.T) {
 func TestStopAcceptingRequests(t *testing.T) {
 	t.Parallel()
 	up := harness.NewRawUpstream(t)
-	yaml := withOverload(harness.Config{UpstreamPort: up.Port(), HCM: wsUpgradeHCM}.YAML(), `  refresh_interval: 0.05s
-  resource_monitors:
-  - name: envoy.resource_monitors.fixed_heap
-    typed_config:
-      "@type": type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig
-      max_heap_size_bytes: 1
-  actions:
-  - name: envoy.overload_actions.stop_accepting_requests
-    triggers:
-    - name: envoy.resource_monitors.fixed_heap
-      threshold: {value: 0.5}
-`)
+	yaml := withOverload(harness.Config{UpstreamPort: up.Port(), HCM: wsUpgradeHCM}.YAML(), saturatedHeap("envoy.overload_actions.stop_accepting_requests", 0.5))
 	p := harness.Start(t, yaml)
 	p.WaitStat("overload.envoy.overload_actions.stop_accepting_requests.active", 1, ioWait)
 
@@ -384,18 +390,7 @@ func TestStopAcceptingRequests(t *testing.T) {
 func TestShrinkHeap(t *testing.T) {
 	t.Parallel()
 	port, _ := upgEchoApp(t)
-	yaml := withOverload(harness.Config{UpstreamPort: port, HCM: upgHCMws}.YAML(), `  refresh_interval: 0.05s
-  resource_monitors:
-  - name: envoy.resource_monitors.fixed_heap
-    typed_config:
-      "@type": type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig
-      max_heap_size_bytes: 1
-  actions:
-  - name: envoy.overload_actions.shrink_heap
-    triggers:
-    - name: envoy.resource_monitors.fixed_heap
-      threshold: {value: 0.95}
-`)
+	yaml := withOverload(harness.Config{UpstreamPort: port, HCM: upgHCMws}.YAML(), saturatedHeap("envoy.overload_actions.shrink_heap", 0.95))
 	p := harness.Start(t, yaml)
 	ws, resp, err := websocket.DefaultDialer.Dial("ws://"+p.Addr("")+"/chat", nil)
 	if err != nil {
