@@ -4,7 +4,7 @@
 # Env: REPS (3), DUR seconds (5), IDLE tunnels (2000), OUT results file (/tmp/switchyard-peers-DATE.jsonl).
 # Ports (fixed, loopback): echo 18080, nginx 18081, haproxy 18082, caddy 18083, switchyard 18084,
 # switchyard two-hop front 18085 / sidecar 18086, HAProxy two-hop front 18087 / sidecar 18088,
-# switchyard admin 19901-19903.
+# the handshake floors (bench/floor: goroutines 18092, event loop 18093), switchyard admin 19901-19903.
 set -euo pipefail
 
 REPS=${REPS:-3}
@@ -16,6 +16,7 @@ WORK=$(mktemp -d /tmp/sy-peers.XXXXXX)
 OUT=${OUT:-/tmp/switchyard-peers-$(date +%Y%m%d-%H%M%S).jsonl}
 BIN_SY="$WORK/switchyard"
 BIN_BENCH="$WORK/switchyard-bench"
+BIN_FLOOR="$WORK/floor"
 
 die() { echo "peers.sh: $*" >&2; exit 1; }
 log() { echo "peers.sh: $*" >&2; }
@@ -88,8 +89,9 @@ command -v python3 >/dev/null || die "python3 is needed for the summary"
 command -v go >/dev/null || die "go is needed to build switchyard"
 
 # --- build ---------------------------------------------------------------------------------------
-log "building switchyard and switchyard-bench"
-(cd "$ROOT" && go build -o "$BIN_SY" ./cmd/switchyard && go build -o "$BIN_BENCH" ./cmd/switchyard-bench) ||
+log "building switchyard, switchyard-bench and the handshake floors"
+(cd "$ROOT" && go build -o "$BIN_SY" ./cmd/switchyard && go build -o "$BIN_BENCH" ./cmd/switchyard-bench &&
+  go build -o "$BIN_FLOOR" ./bench/floor) ||
   die "go build failed"
 ulimit -n 20000 2>/dev/null || log "could not raise the fd limit to 20000 (now $(ulimit -n))"
 
@@ -102,7 +104,8 @@ url_of() {
     direct) echo ws://127.0.0.1:18080/ ;; nginx) echo ws://127.0.0.1:18081/ ;;
     haproxy) echo ws://127.0.0.1:18082/ ;; caddy) echo ws://127.0.0.1:18083/ ;;
     switchyard) echo ws://127.0.0.1:18084/ ;; sy-2hop) echo ws://127.0.0.1:18085/ ;;
-    hp-2hop) echo ws://127.0.0.1:18087/ ;;
+    hp-2hop) echo ws://127.0.0.1:18087/ ;; floor-go) echo ws://127.0.0.1:18092/ ;;
+    floor-loop) echo ws://127.0.0.1:18093/ ;;
   esac
 }
 start_target() {
@@ -117,6 +120,8 @@ start_target() {
              start sy-2hop 18085 "$BIN_SY" -c "$CONF/switchyard-front.yaml" ;;
     hp-2hop) start hp-sidecar 18088 haproxy -db -f "$CONF/haproxy-sidecar.cfg"
              start hp-2hop 18087 haproxy -db -f "$CONF/haproxy-front.cfg" ;;
+    floor-go) start floor-go 18092 "$BIN_FLOOR" -mode goroutines -listen 127.0.0.1:18092 -upstream 127.0.0.1:18080 ;;
+    floor-loop) start floor-loop 18093 "$BIN_FLOOR" -mode eventloop -listen 127.0.0.1:18093 -upstream 127.0.0.1:18080 ;;
   esac
 }
 stop_target() {
@@ -141,9 +146,12 @@ H2TARGETS=(direct switchyard)
 # carries WebSocket over an HTTP/2 upstream (nginx proxies to HTTP/1.x only; Caddy 2.6 has no extended CONNECT).
 PAIRS=(sy-2hop)
 for p in "${PEERS[@]}"; do [ "$p" = haproxy ] && H2TARGETS+=(haproxy) && PAIRS+=(hp-2hop); done
+# The least a Go program can spend on a handshake, per architecture (bench/floor): measured in the
+# handshakes case only, to show what Switchyard's design, and nginx's, cost before any feature.
+FLOORS=(floor-go floor-loop)
 start echo 18080 "$BIN_BENCH" -serve 127.0.0.1:18080
-restart_all() { local t; for t in "${TARGETS[@]}" "${PAIRS[@]}"; do stop_target "$t"; done
-                for t in "${TARGETS[@]}" "${PAIRS[@]}"; do start_target "$t"; done; }
+restart_all() { local t; for t in "${TARGETS[@]}" "${PAIRS[@]}" "${FLOORS[@]}"; do stop_target "$t"; done
+                for t in "${TARGETS[@]}" "${PAIRS[@]}" "${FLOORS[@]}"; do start_target "$t"; done; }
 restart_all
 
 # case name | flags | targets
@@ -153,7 +161,7 @@ CASES=(
   "echo c=1000 64B|-workload echo -conns 1000 -size 64|${TARGETS[*]}"
   "h2 echo c=100 1KiB|-proto h2 -workload echo -conns 100 -size 1024|${H2TARGETS[*]}"
   "bulk 64KiB|-workload bulk -conns 1 -size 65536|${TARGETS[*]} ${PAIRS[*]}"
-  "handshakes c=50|-workload handshakes -conns 50|${TARGETS[*]}"
+  "handshakes c=50|-workload handshakes -conns 50|${TARGETS[*]} ${FLOORS[*]}"
 )
 IDLECASES=(
   "idle n=$IDLE|-workload idle -conns $IDLE|${TARGETS[*]} ${PAIRS[*]}"
@@ -219,12 +227,12 @@ for r in rows:
     if r["target"] not in targets: targets.append(r["target"])
     by.setdefault((r["case"], r["target"]), []).append(r)
 def med(rs, k):
-    v = [r[k] for r in rs if not r.get("failed")]
+    v = [r[k] for r in rs if not r.get("failed") and r.get(k) is not None]
     return statistics.median(v) if v else None
 def f(x, nd=0):
     return "-" if x is None else (f"{x:.{nd}f}" if nd else f"{round(x)}")
-print("| case | target | runs | median | unit | x direct | p50 us | p99 us | proxy CPU us/op | host busy | errors |")
-print("|---|---|---|---|---|---|---|---|---|---|---|")
+print("| case | target | runs | median | unit | x direct | p50 us | p99 us | proxy CPU us/op | of it kernel | host busy | errors |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 for c in cases:
     idle, bulk = "idle n=" in c, c.startswith("bulk")
     key, unit = ("rss_per_idle_tunnel_kib", "KiB/tunnel") if idle else (("throughput_mib_s", "MiB/s") if bulk else ("ops_per_s", "upgrades/s" if c.startswith("handshakes") else "msgs/s"))
@@ -241,6 +249,7 @@ for c in cases:
         print(f"| {c} | {t} | {len(ok)}/{len(rs)} | {f(m, 1) if idle else f(m)} | {unit} | {ratio if not idle or m is not None else '-'} "
               f"| {'-' if bulk or idle else f(med(rs, 'p50_us'))} | {'-' if bulk or idle else f(med(rs, 'p99_us'))} "
               f"| {f(med(rs, 'cpu_us_per_op'), 1) if pid_ok else 'n/a'} "
+              f"| {f(med(rs, 'cpu_kernel_us_per_op'), 1) if pid_ok and not idle else '-'} "
               f"| {'-' if idle or busy is None else f'{100 * busy:.0f}%'} "
               f"| {sum(r.get('errors', 0) for r in ok)} |")
 PY

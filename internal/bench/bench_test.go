@@ -57,7 +57,7 @@ func runJSON(t *testing.T, cfg Config) map[string]any {
 		t.Fatal(err)
 	}
 	for _, k := range []string{"workload", "target", "proto", "conns", "msg_bytes", "duration_s", "ops", "ops_per_s",
-		"p50_us", "p99_us", "p999_us", "throughput_mib_s", "target_pid", "cpu_us_per_op", "client_cpu_cores", "host_cpu_busy", "rss_kib_before",
+		"p50_us", "p99_us", "p999_us", "throughput_mib_s", "target_pid", "cpu_us_per_op", "cpu_kernel_us_per_op", "client_cpu_cores", "host_cpu_busy", "rss_kib_before",
 		"rss_kib_after", "rss_per_idle_tunnel_kib", "target_pids"} {
 		if _, ok := m[k]; !ok {
 			t.Errorf("result line lacks %q: %s", k, line)
@@ -85,6 +85,10 @@ func TestRunWorkloads(t *testing.T) {
 			}
 			if m["cpu_us_per_op"].(float64) <= 0 {
 				t.Errorf("cpu_us_per_op %v, want > 0 for this busy process", m["cpu_us_per_op"])
+			}
+			// An echo server's time is mostly system calls: some of it must show as the kernel's.
+			if k := m["cpu_kernel_us_per_op"].(float64); k <= 0 || k > m["cpu_us_per_op"].(float64) {
+				t.Errorf("cpu_kernel_us_per_op %v, want in (0, cpu_us_per_op %v]", k, m["cpu_us_per_op"])
 			}
 		}},
 		{WorkloadBulk, 1, 65536, func(t *testing.T, m map[string]any) {
@@ -247,8 +251,8 @@ func TestParseProc(t *testing.T) {
 		stat string
 		want statFields
 	}{
-		{"plain", "42 (sy) S 1 42 42 0 -1 4194304 100 0 0 0 150 25 0 0 20 0 8 0 1000 123456 789", statFields{ppid: 1, ticks: 175, start: 1000}},
-		{"name with spaces and parens", "43 (a b) c)) R 42 43 43 0 -1 0 0 0 0 0 7 3 0 0 20 0 1 0 555", statFields{ppid: 42, ticks: 10, start: 555}},
+		{"plain", "42 (sy) S 1 42 42 0 -1 4194304 100 0 0 0 150 25 0 0 20 0 8 0 1000 123456 789", statFields{ppid: 1, ticks: 175, sysTicks: 25, start: 1000}},
+		{"name with spaces and parens", "43 (a b) c)) R 42 43 43 0 -1 0 0 0 0 0 7 3 0 0 20 0 1 0 555", statFields{ppid: 42, ticks: 10, sysTicks: 3, start: 555}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -39,8 +39,19 @@ func ParsePIDs(s string) ([]int, error) {
 
 // procSample is what /proc says about one process at one instant.
 type procSample struct {
-	cpu    time.Duration // utime + stime, all threads
-	rssKiB int64         // VmRSS; 0 for a zombie, which has no memory left
+	cpu    cpuUse // utime + stime, all threads
+	rssKiB int64  // VmRSS; 0 for a zombie, which has no memory left
+}
+
+// cpuUse is CPU time with its kernel part: where a proxy's time goes (its own code or the
+// system calls it makes) says more about what could make it cheaper than the total alone.
+type cpuUse struct {
+	total  time.Duration // utime + stime
+	kernel time.Duration // stime
+}
+
+func (c cpuUse) minus(d cpuUse) cpuUse {
+	return cpuUse{total: c.total - d.total, kernel: c.kernel - d.kernel}
 }
 
 // procKey names a process across two samples: the kernel may hand an exited process's PID to a
@@ -73,10 +84,12 @@ func (s snapshot) pids() []int {
 // parent's cutime, mixed with its earlier CPU), so it is charged nothing: the figure can only be
 // low, by what exited workers used in the window. A process born and gone within the window is not
 // seen at all.
-func cpuSince(before, after snapshot) time.Duration {
-	var d time.Duration
+func cpuSince(before, after snapshot) cpuUse {
+	var d cpuUse
 	for k, a := range after.procs {
-		d += a.cpu - before.procs[k].cpu // 0 when k is not in before
+		u := a.cpu.minus(before.procs[k].cpu) // the zero cpuUse when k is not in before
+		d.total += u.total
+		d.kernel += u.kernel
 	}
 	return d
 }
@@ -133,7 +146,11 @@ func sampleTree(roots []int) (snapshot, error) {
 		queue = append(queue, children[pid]...)
 		st := stats[pid]
 		rss, _ := readRSS(pid) // 0 if it exited or is a zombie: it holds no memory
-		s.procs[procKey{pid, st.start}] = procSample{cpu: time.Duration(st.ticks) * time.Second / time.Duration(clockTick()), rssKiB: rss}
+		perTick := time.Second / time.Duration(clockTick())
+		s.procs[procKey{pid, st.start}] = procSample{
+			cpu:    cpuUse{total: time.Duration(st.ticks) * perTick, kernel: time.Duration(st.sysTicks) * perTick},
+			rssKiB: rss,
+		}
 		s.rssKiB += rss
 	}
 	return s, nil
@@ -217,9 +234,10 @@ func readRSS(pid int) (int64, error) {
 
 // statFields is what the charging needs from /proc/PID/stat.
 type statFields struct {
-	ppid  int   // field 4
-	ticks int64 // utime + stime, fields 14 and 15, in clock ticks
-	start int64 // starttime, field 22, in clock ticks after boot
+	ppid     int   // field 4
+	ticks    int64 // utime + stime, fields 14 and 15, in clock ticks
+	sysTicks int64 // stime, field 15
+	start    int64 // starttime, field 22, in clock ticks after boot
 }
 
 // parseStat reads proc(5)'s /proc/PID/stat. The command name, field 2, may hold spaces and
@@ -240,7 +258,7 @@ func parseStat(stat []byte) (statFields, error) {
 	if err := errors.Join(err1, err2, err3, err4); err != nil {
 		return statFields{}, fmt.Errorf("/proc stat: %w", err)
 	}
-	return statFields{ppid: ppid, ticks: utime + stime, start: start}, nil
+	return statFields{ppid: ppid, ticks: utime + stime, sysTicks: stime, start: start}, nil
 }
 
 // parseStatusRSS returns VmRSS in KiB.

@@ -44,12 +44,12 @@ func TestParsePIDs(t *testing.T) {
 
 // TestCPUSince: a process seen at both ends is charged its difference, one seen only at the end
 // (a respawned worker) all of its CPU, one seen only at the start nothing, and a reused PID is a
-// new process.
+// new process. The kernel part (here a quarter of each process's CPU) is charged the same way.
 func TestCPUSince(t *testing.T) {
 	snap := func(ps map[procKey]time.Duration) snapshot {
 		s := snapshot{procs: map[procKey]procSample{}}
 		for k, cpu := range ps {
-			s.procs[k] = procSample{cpu: cpu}
+			s.procs[k] = procSample{cpu: cpuUse{total: cpu, kernel: cpu / 4}}
 		}
 		return s
 	}
@@ -69,8 +69,9 @@ func TestCPUSince(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := cpuSince(snap(tt.before), snap(tt.after)); got != tt.want {
-				t.Errorf("cpuSince = %v, want %v", got, tt.want)
+			want := cpuUse{total: tt.want, kernel: tt.want / 4}
+			if got := cpuSince(snap(tt.before), snap(tt.after)); got != want {
+				t.Errorf("cpuSince = %+v, want %+v", got, want)
 			}
 		})
 	}
@@ -199,7 +200,7 @@ func TestSampleTree(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got = cpuSince(before, after)
+			got = cpuSince(before, after).total
 		}
 		if got < want {
 			t.Fatalf("the tree accrued %v of CPU in 10 s, want at least %v", got, want)

@@ -73,6 +73,7 @@ type Result struct {
 	TargetPID           int     `json:"target_pid"`
 	TargetPIDs          []int   `json:"target_pids"`
 	CPUUSPerOp          float64 `json:"cpu_us_per_op"`
+	CPUKernelUSPerOp    float64 `json:"cpu_kernel_us_per_op"` // the part of cpu_us_per_op spent in the kernel (stime)
 	TargetCPUCores      float64 `json:"target_cpu_cores"`
 	ClientCPUCores      float64 `json:"client_cpu_cores"`
 	HostCPUBusy         float64 `json:"host_cpu_busy"`
@@ -476,10 +477,11 @@ func (r *runner) result(window time.Duration, before, after snapshot) *Result {
 		res.TargetPID = r.cfg.PIDs[0]
 		cpu := cpuSince(before, after)
 		if secs > 0 {
-			res.TargetCPUCores = round(cpu.Seconds()/secs, 3)
+			res.TargetCPUCores = round(cpu.total.Seconds()/secs, 3)
 		}
 		if ops > 0 {
-			res.CPUUSPerOp = round(float64(cpu.Microseconds())/float64(ops), 2)
+			res.CPUUSPerOp = round(float64(cpu.total.Microseconds())/float64(ops), 2)
+			res.CPUKernelUSPerOp = round(float64(cpu.kernel.Microseconds())/float64(ops), 2)
 		}
 	}
 	r.mu.Lock()

@@ -1,0 +1,223 @@
+package main
+
+import (
+	"bytes"
+	"net/netip"
+	"runtime"
+	"sync/atomic"
+	"syscall"
+)
+
+// pairSide is one socket of a relayed pair.
+type pairSide struct {
+	fd    int
+	peer  *pairSide
+	state sideState
+	head  []byte // client: the request head so far; upstream: the head to send once connected
+	ended bool   // read its FIN
+}
+
+type sideState int
+
+const (
+	readingHead  sideState = iota // the client, until its request head is complete
+	connecting                    // the upstream, until it is writable
+	awaitingHead                  // the upstream, until the response head's first bytes
+	relaying                      // both, after the response head
+)
+
+// eventLoop is the whole program on one goroutine and one epoll set.
+type eventLoop struct {
+	ep, lfd  int
+	upstream syscall.SockaddrInet4
+	sides    map[int]*pairSide
+	buf      []byte
+	events   []syscall.EpollEvent
+}
+
+func newEventLoop(listen, upstream netip.AddrPort) (*eventLoop, error) {
+	if !listen.Addr().Is4() || !upstream.Addr().Is4() {
+		return nil, syscall.EAFNOSUPPORT
+	}
+	lfd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	l := &eventLoop{lfd: lfd, ep: -1, sides: make(map[int]*pairSide), buf: make([]byte, 64<<10),
+		events:   make([]syscall.EpollEvent, 256),
+		upstream: syscall.SockaddrInet4{Port: int(upstream.Port()), Addr: upstream.Addr().As4()}}
+	if err := l.listen(listen); err != nil {
+		l.close()
+		return nil, err
+	}
+	return l, nil
+}
+
+func (l *eventLoop) listen(a netip.AddrPort) error {
+	if err := syscall.SetsockoptInt(l.lfd, syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1); err != nil {
+		return err
+	}
+	if err := syscall.Bind(l.lfd, &syscall.SockaddrInet4{Port: int(a.Port()), Addr: a.Addr().As4()}); err != nil {
+		return err
+	}
+	if err := syscall.Listen(l.lfd, 4096); err != nil {
+		return err
+	}
+	ep, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
+	if err != nil {
+		return err
+	}
+	l.ep = ep
+	return l.ctl(syscall.EPOLL_CTL_ADD, l.lfd, syscall.EPOLLIN)
+}
+
+// port is the listening port (the test listens on port 0).
+func (l *eventLoop) port() int {
+	sa, err := syscall.Getsockname(l.lfd)
+	if err != nil {
+		return 0
+	}
+	return sa.(*syscall.SockaddrInet4).Port
+}
+
+func (l *eventLoop) ctl(op, fd int, events uint32) error {
+	return syscall.EpollCtl(l.ep, op, fd, &syscall.EpollEvent{Events: events, Fd: int32(fd)})
+}
+
+// run serves until stop is set (checked every 100 ms; nil: forever), then closes everything.
+func (l *eventLoop) run(stop *atomic.Bool) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	defer l.close()
+	for stop == nil || !stop.Load() {
+		n, err := syscall.EpollWait(l.ep, l.events, 100)
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		for _, ev := range l.events[:n] {
+			if fd := int(ev.Fd); fd == l.lfd {
+				l.accept()
+			} else if s := l.sides[fd]; s != nil {
+				l.ready(s)
+			}
+		}
+	}
+	return nil
+}
+
+func (l *eventLoop) accept() {
+	for {
+		fd, _, err := syscall.Accept4(l.lfd, syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC)
+		if err != nil {
+			return
+		}
+		if l.ctl(syscall.EPOLL_CTL_ADD, fd, syscall.EPOLLIN) != nil {
+			syscall.Close(fd)
+			continue
+		}
+		l.sides[fd] = &pairSide{fd: fd}
+	}
+}
+
+// ready moves one side on by its state.
+func (l *eventLoop) ready(s *pairSide) {
+	switch s.state {
+	case readingHead:
+		n, err := syscall.Read(s.fd, l.buf)
+		if err == syscall.EAGAIN {
+			return
+		}
+		if n <= 0 {
+			l.drop(s)
+			return
+		}
+		s.head = append(s.head, l.buf[:n]...)
+		if bytes.Contains(s.head, []byte("\r\n\r\n")) {
+			l.dial(s)
+		}
+	case connecting:
+		if _, err := syscall.Write(s.fd, s.head); err != nil {
+			l.drop(s)
+			return
+		}
+		s.head, s.state = nil, awaitingHead
+		if l.ctl(syscall.EPOLL_CTL_MOD, s.fd, syscall.EPOLLIN) != nil {
+			l.drop(s)
+		}
+	case awaitingHead, relaying:
+		l.forward(s)
+	}
+}
+
+// dial connects the client's upstream; the client is not read again until the response head.
+func (l *eventLoop) dial(c *pairSide) {
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		l.drop(c)
+		return
+	}
+	syscall.SetsockoptInt(fd, syscall.IPPROTO_TCP, syscall.TCP_NODELAY, 1)
+	if err := syscall.Connect(fd, &l.upstream); err != nil && err != syscall.EINPROGRESS {
+		syscall.Close(fd)
+		l.drop(c)
+		return
+	}
+	u := &pairSide{fd: fd, peer: c, state: connecting, head: c.head}
+	c.peer, c.head, c.state = u, nil, relaying
+	l.sides[fd] = u
+	if l.ctl(syscall.EPOLL_CTL_ADD, fd, syscall.EPOLLOUT) != nil || l.ctl(syscall.EPOLL_CTL_MOD, c.fd, 0) != nil {
+		l.drop(c)
+	}
+}
+
+// forward passes what s has to its peer, and its FIN as a half-close.
+func (l *eventLoop) forward(s *pairSide) {
+	n, err := syscall.Read(s.fd, l.buf)
+	if err == syscall.EAGAIN {
+		return
+	}
+	if err != nil || n == 0 {
+		s.ended = true
+		if err != nil || s.peer.ended {
+			l.drop(s)
+			return
+		}
+		syscall.Shutdown(s.peer.fd, syscall.SHUT_WR)
+		l.ctl(syscall.EPOLL_CTL_MOD, s.fd, 0)
+		return
+	}
+	if w, err := syscall.Write(s.peer.fd, l.buf[:n]); err != nil || w != n {
+		l.drop(s) // a full socket: beyond what this measuring stick does
+		return
+	}
+	if s.state == awaitingHead { // the response head: the client may talk now
+		s.state = relaying
+		if l.ctl(syscall.EPOLL_CTL_MOD, s.peer.fd, syscall.EPOLLIN) != nil {
+			l.drop(s)
+		}
+	}
+}
+
+// drop closes both sides of s's pair.
+func (l *eventLoop) drop(s *pairSide) {
+	for _, x := range []*pairSide{s, s.peer} {
+		if x != nil && l.sides[x.fd] == x {
+			delete(l.sides, x.fd)
+			syscall.Close(x.fd)
+		}
+	}
+}
+
+func (l *eventLoop) close() {
+	for fd := range l.sides {
+		syscall.Close(fd)
+	}
+	clear(l.sides)
+	syscall.Close(l.lfd)
+	if l.ep >= 0 {
+		syscall.Close(l.ep)
+	}
+}
