@@ -4,7 +4,8 @@
 # Env: REPS (3), DUR seconds (5), IDLE tunnels (2000), OUT results file (/tmp/switchyard-peers-DATE.jsonl).
 # Ports (fixed, loopback): echo 18080, nginx 18081, haproxy 18082, caddy 18083, switchyard 18084,
 # switchyard two-hop front 18085 / sidecar 18086, HAProxy two-hop front 18087 / sidecar 18088,
-# the handshake floors (bench/floor: goroutines 18092, event loop 18093), switchyard admin 19901-19903.
+# the handshake floors (bench/floor: goroutines 18092, event loop 18093, coroutines 18094),
+# switchyard admin 19901-19903.
 set -euo pipefail
 
 REPS=${REPS:-3}
@@ -105,7 +106,7 @@ url_of() {
     haproxy) echo ws://127.0.0.1:18082/ ;; caddy) echo ws://127.0.0.1:18083/ ;;
     switchyard) echo ws://127.0.0.1:18084/ ;; sy-2hop) echo ws://127.0.0.1:18085/ ;;
     hp-2hop) echo ws://127.0.0.1:18087/ ;; floor-go) echo ws://127.0.0.1:18092/ ;;
-    floor-loop) echo ws://127.0.0.1:18093/ ;;
+    floor-loop) echo ws://127.0.0.1:18093/ ;; floor-coro) echo ws://127.0.0.1:18094/ ;;
   esac
 }
 start_target() {
@@ -122,6 +123,7 @@ start_target() {
              start hp-2hop 18087 haproxy -db -f "$CONF/haproxy-front.cfg" ;;
     floor-go) start floor-go 18092 "$BIN_FLOOR" -mode goroutines -listen 127.0.0.1:18092 -upstream 127.0.0.1:18080 ;;
     floor-loop) start floor-loop 18093 "$BIN_FLOOR" -mode eventloop -listen 127.0.0.1:18093 -upstream 127.0.0.1:18080 ;;
+    floor-coro) start floor-coro 18094 "$BIN_FLOOR" -mode coroutines -listen 127.0.0.1:18094 -upstream 127.0.0.1:18080 ;;
   esac
 }
 stop_target() {
@@ -148,7 +150,7 @@ PAIRS=(sy-2hop)
 for p in "${PEERS[@]}"; do [ "$p" = haproxy ] && H2TARGETS+=(haproxy) && PAIRS+=(hp-2hop); done
 # The least a Go program can spend on a handshake, per architecture (bench/floor): measured in the
 # handshakes case only, to show what Switchyard's design, and nginx's, cost before any feature.
-FLOORS=(floor-go floor-loop)
+FLOORS=(floor-go floor-loop floor-coro)
 start echo 18080 "$BIN_BENCH" -serve 127.0.0.1:18080
 restart_all() { local t; for t in "${TARGETS[@]}" "${PAIRS[@]}" "${FLOORS[@]}"; do stop_target "$t"; done
                 for t in "${TARGETS[@]}" "${PAIRS[@]}" "${FLOORS[@]}"; do start_target "$t"; done; }

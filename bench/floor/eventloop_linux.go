@@ -28,67 +28,24 @@ const (
 
 // eventLoop is the whole program on one goroutine and one epoll set.
 type eventLoop struct {
-	ep, lfd  int
-	upstream syscall.SockaddrInet4
-	sides    map[int]*pairSide
-	buf      []byte
-	events   []syscall.EpollEvent
+	*epollBase
+	sides map[int]*pairSide
+	buf   []byte
 }
 
 func newEventLoop(listen, upstream netip.AddrPort) (*eventLoop, error) {
-	if !listen.Addr().Is4() || !upstream.Addr().Is4() {
-		return nil, syscall.EAFNOSUPPORT
-	}
-	lfd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, 0)
+	b, err := newEpollBase(listen, upstream)
 	if err != nil {
 		return nil, err
 	}
-	l := &eventLoop{lfd: lfd, ep: -1, sides: make(map[int]*pairSide), buf: make([]byte, 64<<10),
-		events:   make([]syscall.EpollEvent, 256),
-		upstream: syscall.SockaddrInet4{Port: int(upstream.Port()), Addr: upstream.Addr().As4()}}
-	if err := l.listen(listen); err != nil {
-		l.close()
-		return nil, err
-	}
-	return l, nil
-}
-
-func (l *eventLoop) listen(a netip.AddrPort) error {
-	if err := syscall.SetsockoptInt(l.lfd, syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1); err != nil {
-		return err
-	}
-	if err := syscall.Bind(l.lfd, &syscall.SockaddrInet4{Port: int(a.Port()), Addr: a.Addr().As4()}); err != nil {
-		return err
-	}
-	if err := syscall.Listen(l.lfd, 4096); err != nil {
-		return err
-	}
-	ep, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
-	if err != nil {
-		return err
-	}
-	l.ep = ep
-	return l.ctl(syscall.EPOLL_CTL_ADD, l.lfd, syscall.EPOLLIN)
-}
-
-// port is the listening port (the test listens on port 0).
-func (l *eventLoop) port() int {
-	sa, err := syscall.Getsockname(l.lfd)
-	if err != nil {
-		return 0
-	}
-	return sa.(*syscall.SockaddrInet4).Port
-}
-
-func (l *eventLoop) ctl(op, fd int, events uint32) error {
-	return syscall.EpollCtl(l.ep, op, fd, &syscall.EpollEvent{Events: events, Fd: int32(fd)})
+	return &eventLoop{epollBase: b, sides: make(map[int]*pairSide), buf: make([]byte, 64<<10)}, nil
 }
 
 // run serves until stop is set (checked every 100 ms; nil: forever), then closes everything.
 func (l *eventLoop) run(stop *atomic.Bool) error {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	defer l.close()
+	defer l.closeAll()
 	for stop == nil || !stop.Load() {
 		n, err := syscall.EpollWait(l.ep, l.events, 100)
 		if err == syscall.EINTR {
@@ -154,12 +111,11 @@ func (l *eventLoop) ready(s *pairSide) {
 
 // dial connects the client's upstream; the client is not read again until the response head.
 func (l *eventLoop) dial(c *pairSide) {
-	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, 0)
+	fd, err := socket()
 	if err != nil {
 		l.drop(c)
 		return
 	}
-	syscall.SetsockoptInt(fd, syscall.IPPROTO_TCP, syscall.TCP_NODELAY, 1)
 	if err := syscall.Connect(fd, &l.upstream); err != nil && err != syscall.EINPROGRESS {
 		syscall.Close(fd)
 		l.drop(c)
@@ -211,13 +167,10 @@ func (l *eventLoop) drop(s *pairSide) {
 	}
 }
 
-func (l *eventLoop) close() {
+func (l *eventLoop) closeAll() {
 	for fd := range l.sides {
 		syscall.Close(fd)
 	}
 	clear(l.sides)
-	syscall.Close(l.lfd)
-	if l.ep >= 0 {
-		syscall.Close(l.ep)
-	}
+	l.close()
 }

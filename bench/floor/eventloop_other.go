@@ -10,9 +10,13 @@ import (
 
 type eventLoop struct{}
 
-func newEventLoop(listen, upstream netip.AddrPort) (*eventLoop, error) {
-	return nil, errors.New("-mode eventloop needs Linux (epoll)")
-}
+var errNotLinux = errors.New("-mode eventloop and coroutines need Linux (epoll)")
+
+func newEventLoop(listen, upstream netip.AddrPort) (*eventLoop, error) { return nil, errNotLinux }
+
+type coroLoop struct{ eventLoop }
+
+func newCoroLoop(listen, upstream netip.AddrPort) (*coroLoop, error) { return nil, errNotLinux }
 
 func (l *eventLoop) port() int                   { return 0 }
 func (l *eventLoop) run(stop *atomic.Bool) error { return nil }

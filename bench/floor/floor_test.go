@@ -95,6 +95,36 @@ func TestEventLoopFloor(t *testing.T) {
 	}
 }
 
+func TestCoroutinesFloor(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("the coroutines' loop is epoll: Linux only")
+	}
+	up := startEcho(t)
+	l, err := newCoroLoop(netip.MustParseAddrPort("127.0.0.1:0"), netip.MustParseAddrPort(up))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stop atomic.Bool
+	done := make(chan error, 1)
+	go func() { done <- l.run(&stop) }()
+	addr := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(l.port())).String()
+	echoThrough(t, addr)
+	// A tunnel still open when the loop stops: its coroutines end and close both sockets.
+	c, _, err := websocket.DefaultDialer.Dial("ws://"+addr+"/echo", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	stop.Store(true)
+	if err := <-done; err != nil {
+		t.Errorf("run: %v", err)
+	}
+	c.NetConn().SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, _, err := c.ReadMessage(); err == nil || strings.Contains(err.Error(), "timeout") {
+		t.Errorf("read after the loop stopped: %v, want the connection closed", err)
+	}
+}
+
 func TestModeUnknown(t *testing.T) {
 	if err := run("threads", "127.0.0.1:0", "127.0.0.1:1"); err == nil || !strings.Contains(err.Error(), "threads") {
 		t.Errorf("run(threads) = %v, want an error naming the mode", err)

@@ -8,6 +8,10 @@
 //     both ways with a second goroutine.
 //   - -mode eventloop: one goroutine on a raw epoll set, no Go poller, as nginx and HAProxy are
 //     built: every step is a callback on readiness.
+//   - -mode coroutines: the goroutine floor's straight-line code, run as coroutines (iter.Pull) on
+//     one goroutine's raw epoll set: a wait for a socket hands control back to the loop instead of
+//     parking a goroutine. It asks whether code written as Switchyard's is can cost what an event
+//     loop costs.
 //
 // Neither parses HTTP beyond finding the end of a head, routes, rewrites a header or keeps a
 // statistic; they forward the client's bytes to one upstream. The event loop assumes that each
@@ -26,7 +30,7 @@ import (
 )
 
 func main() {
-	mode := flag.String("mode", "goroutines", "goroutines | eventloop")
+	mode := flag.String("mode", "goroutines", "goroutines | eventloop | coroutines")
 	listen := flag.String("listen", "127.0.0.1:18092", "address to accept on (IPv4 literal and port)")
 	upstream := flag.String("upstream", "127.0.0.1:18080", "the echo app (IPv4 literal and port)")
 	flag.Parse()
@@ -44,7 +48,7 @@ func run(mode, listen, upstream string) error {
 			return err
 		}
 		return serveGoroutines(ln, upstream)
-	case "eventloop":
+	case "eventloop", "coroutines":
 		la, err := netip.ParseAddrPort(listen)
 		if err != nil {
 			return fmt.Errorf("-listen: %w", err)
@@ -53,11 +57,18 @@ func run(mode, listen, upstream string) error {
 		if err != nil {
 			return fmt.Errorf("-upstream: %w", err)
 		}
+		if mode == "coroutines" {
+			l, err := newCoroLoop(la, ua)
+			if err != nil {
+				return err
+			}
+			return l.run(nil)
+		}
 		l, err := newEventLoop(la, ua)
 		if err != nil {
 			return err
 		}
 		return l.run(nil)
 	}
-	return fmt.Errorf("-mode %q: want goroutines or eventloop", mode)
+	return fmt.Errorf("-mode %q: want goroutines, eventloop or coroutines", mode)
 }
