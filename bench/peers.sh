@@ -245,7 +245,8 @@ for c in cases:
         ok = [r for r in rs if not r.get("failed")]
         m = med(rs, key)
         pid_ok = ok and all(r.get("target_pid") for r in ok)
-        ratio = "-" if t == "direct" or not base or m is None else f"{m / base:.2f}"
+        # An idle row's "direct" is the echo app's own growth: a ratio to it means nothing.
+        ratio = "-" if idle or t == "direct" or not base or m is None else f"{m / base:.2f}"
         if idle and not pid_ok: m = None
         busy = med([r for r in ok if "host_cpu_busy" in r], "host_cpu_busy")  # the machine's busy share
         print(f"| {c} | {t} | {len(ok)}/{len(rs)} | {f(m, 1) if idle else f(m)} | {unit} | {ratio if not idle or m is not None else '-'} "
