@@ -34,6 +34,16 @@ import (
 // shrink_count. Go's runtime otherwise keeps pages up to the collector's goal (about twice the
 // live heap), and gives a quiet process none of them back.
 //
+// envoy.resource_monitors.fixed_heap reads the heap in use, which in Go holds garbage too: the
+// collector lets the heap grow to twice the live data before it runs (GOGC=100), where Envoy's
+// tcmalloc frees at once. Left alone, a proxy whose live data is half of max_heap_size_bytes would
+// reach a 0.9 threshold before every collection and shed requests or reset streams it has room
+// for. So while a trigger watches the heap, the collector is steered (steerCollector): Go's soft
+// memory limit is set, every refresh, so the heap in use stays under 90% of the lowest threshold
+// that would fire an action — unless the live heap itself is above that, when it only keeps the
+// garbage to a tenth of the live heap. A GOMEMLIMIT set lower wins; the limit is restored when
+// the server stops.
+//
 // A nil *overloadManager (no overload_manager in the bootstrap) limits nothing.
 type overloadManager struct {
 	interval time.Duration
@@ -51,10 +61,17 @@ type overloadManager struct {
 	memory       *memacct.Tracker // the streams' buffer accounts; nil without resetStreams
 	resetCount   *stats.Counter   // envoy.overload_actions.reset_high_memory_stream.count
 
-	shrinkHeap   *overloadAction // nil unless envoy.overload_actions.shrink_heap is configured
-	shrinkEvery  time.Duration   // Envoy's HeapShrinker interval, 10 s
-	shrinkCount  *stats.Counter  // overload.envoy.overload_actions.shrink_heap.shrink_count
-	releaseFreed func()          // debug.FreeOSMemory; a test's counter
+	shrinkHeap *overloadAction // nil unless envoy.overload_actions.shrink_heap is configured
+
+	heapTarget   float64                 // the heap in use the collector aims under, as a fraction of a monitor's max; 0: not steered
+	steered      *heapMonitor            // the monitor the steering keeps under heapTarget
+	setGCLimit   func(int64) int64       // debug.SetMemoryLimit; a test's recorder
+	readMemory   func() collectorReading // runtimeMemory; a test's figures
+	ownLimit     int64                   // the limit steering set last; 0: none yet
+	outerLimit   int64                   // the limit before steering (GOMEMLIMIT, or none)
+	shrinkEvery  time.Duration           // Envoy's HeapShrinker interval, 10 s
+	shrinkCount  *stats.Counter          // overload.envoy.overload_actions.shrink_heap.shrink_count
+	releaseFreed func()                  // debug.FreeOSMemory; a test's counter
 }
 
 // shrinkInterval is how often a saturated shrink_heap releases free memory (Envoy: 10 s).
@@ -82,7 +99,8 @@ func newOverloadManager(cfg *config.Overload, st *stats.Store, log *slog.Logger)
 		return nil
 	}
 	o := &overloadManager{interval: cfg.RefreshInterval, log: log, maxConns: cfg.MaxConnections,
-		shrinkEvery: shrinkInterval, releaseFreed: debug.FreeOSMemory}
+		shrinkEvery: shrinkInterval, releaseFreed: debug.FreeOSMemory,
+		setGCLimit: debug.SetMemoryLimit, readMemory: runtimeMemory}
 	for _, m := range cfg.Monitors {
 		sc := st.Scope("overload." + m.Name)
 		// Envoy creates these for every monitor; nothing here fails or overlaps, so they stay 0.
@@ -114,8 +132,88 @@ func newOverloadManager(cfg *config.Overload, st *stats.Store, log *slog.Logger)
 			o.shrinkHeap = act
 			o.shrinkCount = sc.Counter("shrink_count")
 		}
+		for _, t := range a.Triggers {
+			if t.Resource != config.FixedHeapMonitor {
+				continue
+			}
+			fires := t.Threshold // where the trigger's state leaves 0
+			if t.Scaled {
+				fires = t.ScalingThreshold
+			}
+			if o.heapTarget == 0 || steerBelow*fires < o.heapTarget {
+				o.heapTarget = steerBelow * fires
+			}
+		}
+	}
+	if o.heapTarget > 0 {
+		for _, h := range o.heaps {
+			o.steered = h
+		}
 	}
 	return o
+}
+
+// steerBelow is how far under the lowest threshold on the heap the collector keeps the heap in
+// use: the heap grows a little past the collector's goal while it marks.
+const steerBelow = 0.9
+
+// liveHeapSlack is the garbage the collector may leave when the live heap alone is above the
+// steering target: a tenth of the live heap (GOGC=10), collecting often without running nonstop.
+const liveHeapSlack = 1.1
+
+// collectorReading is what steering needs from the runtime.
+type collectorReading struct {
+	live    uint64 // the heap live after the last collection
+	inUse   uint64 // what fixed_heap reads: objects (live and not yet swept) and the free space of their spans
+	nonHeap uint64 // what Go's memory limit counts besides the heap in use (stacks, metadata, free pages)
+}
+
+// steerCollector sets Go's soft memory limit so the heap in use stays under heapTarget of the
+// steered monitor's max (see overloadManager).
+func (o *overloadManager) steerCollector(m collectorReading) {
+	if o.steered == nil {
+		return
+	}
+	target := max(o.heapTarget*float64(o.steered.max), liveHeapSlack*float64(m.live))
+	limit := int64(min(target+float64(m.nonHeap), math.MaxInt64/2))
+	if o.ownLimit == 0 {
+		o.outerLimit = o.setGCLimit(-1)
+	}
+	limit = min(limit, o.outerLimit)
+	if d := limit - o.ownLimit; o.ownLimit != 0 && max(d, -d) < limit/64 {
+		return // no change worth a call
+	}
+	o.setGCLimit(limit)
+	o.ownLimit = limit
+}
+
+// stopSteering gives the collector back the limit it had before.
+func (o *overloadManager) stopSteering() {
+	if o.ownLimit != 0 {
+		o.setGCLimit(o.outerLimit)
+		o.ownLimit = 0
+	}
+}
+
+// runtimeMemory reads the monitor's and the collector's figures from runtime/metrics.
+func runtimeMemory() collectorReading {
+	s := []metrics.Sample{
+		{Name: "/gc/heap/live:bytes"},
+		{Name: "/memory/classes/total:bytes"},
+		{Name: "/memory/classes/heap/released:bytes"},
+		{Name: "/memory/classes/heap/objects:bytes"},
+		{Name: "/memory/classes/heap/unused:bytes"},
+	}
+	metrics.Read(s)
+	v := func(i int) uint64 {
+		if s[i].Value.Kind() == metrics.KindUint64 {
+			return s[i].Value.Uint64()
+		}
+		return 0
+	}
+	inUse := v(3) + v(4)
+	mapped := v(1) - v(2) // what Go's memory limit counts
+	return collectorReading{live: v(0), inUse: inUse, nonHeap: mapped - min(mapped, inUse)}
 }
 
 // memoryTracker returns the tracker the connection managers open stream accounts with; nil when
@@ -142,6 +240,8 @@ func (o *overloadManager) refreshLoop(ctx context.Context, wg *sync.WaitGroup) {
 	defer wg.Done()
 	t := time.NewTicker(o.interval)
 	defer t.Stop()
+	defer o.stopSteering()
+	o.steerCollector(o.readMemory()) // from the start: a burst at start-up makes garbage too
 	var shrink <-chan time.Time
 	if o.shrinkHeap != nil {
 		st := time.NewTicker(o.shrinkEvery)
@@ -153,7 +253,9 @@ func (o *overloadManager) refreshLoop(ctx context.Context, wg *sync.WaitGroup) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			o.refresh(heapInUse())
+			m := o.readMemory()
+			o.refresh(m.inUse)
+			o.steerCollector(m)
 		case <-shrink:
 			o.maybeShrinkHeap()
 		}
@@ -273,25 +375,6 @@ func (o *overloadManager) releaseConn() {
 		return
 	}
 	o.conns.Add(-1)
-}
-
-// heapSamples are the runtime/metrics that make up the heap in use.
-var heapSamples = [...]string{"/memory/classes/heap/objects:bytes", "/memory/classes/heap/unused:bytes"}
-
-// heapInUse returns the bytes of heap spans in use: objects plus the free space inside their spans.
-func heapInUse() uint64 {
-	s := make([]metrics.Sample, len(heapSamples))
-	for i, n := range heapSamples {
-		s[i].Name = n
-	}
-	metrics.Read(s)
-	var total uint64
-	for _, x := range s {
-		if x.Value.Kind() == metrics.KindUint64 {
-			total += x.Value.Uint64()
-		}
-	}
-	return total
 }
 
 func boolInt(b bool) int64 {

@@ -261,3 +261,109 @@ func TestShrinkHeapReleases(t *testing.T) {
 
 // garbage holds TestShrinkHeapReleases's burst until it lets go of it.
 var garbage [][]byte
+
+// steeredConfig watches a 1000-byte heap with a threshold at 0.9 and a scaled trigger from 0.8.
+func steeredConfig() *config.Overload {
+	return &config.Overload{
+		Monitors: []*config.ResourceMonitor{{Name: config.FixedHeapMonitor, MaxHeapSizeBytes: 1000}},
+		Actions: []*config.OverloadAction{
+			{Name: config.StopAcceptingRequests, Triggers: []*config.OverloadTrigger{{Resource: config.FixedHeapMonitor, Threshold: 0.9}}},
+			{Name: config.ResetHighMemoryStream, Triggers: []*config.OverloadTrigger{
+				{Resource: config.FixedHeapMonitor, Scaled: true, ScalingThreshold: 0.8, SaturationThreshold: 0.95}}},
+		}}
+}
+
+// TestSteerCollector: the limit aims the heap in use under 90% of the lowest point where a heap
+// trigger fires (here the scaled trigger's 0.8: 720 of 1000 bytes) plus what the limit counts
+// besides the heap; above that, a tenth over the live heap; never above a limit set before
+// (GOMEMLIMIT); and the limit from before comes back when steering stops.
+func TestSteerCollector(t *testing.T) {
+	var calls []int64
+	outer := int64(math.MaxInt64)
+	o := newOverloadManager(steeredConfig(), stats.NewStore(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	o.setGCLimit = func(v int64) int64 {
+		if v < 0 {
+			return outer
+		}
+		calls = append(calls, v)
+		return 0
+	}
+	steps := []struct {
+		name  string
+		m     collectorReading
+		calls []int64
+	}{
+		{"live well under", collectorReading{live: 100, nonHeap: 50}, []int64{770}},
+		{"a small change is not worth a call", collectorReading{live: 200, nonHeap: 55}, []int64{770}},
+		{"live above the target", collectorReading{live: 800, nonHeap: 50}, []int64{770, 930}},
+	}
+	for _, s := range steps {
+		o.steerCollector(s.m)
+		if !slices.Equal(calls, s.calls) {
+			t.Fatalf("%s: limits set %v, want %v", s.name, calls, s.calls)
+		}
+	}
+	o.stopSteering()
+	if want := []int64{770, 930, math.MaxInt64}; !slices.Equal(calls, want) {
+		t.Fatalf("after stop: limits set %v, want %v", calls, want)
+	}
+
+	calls, outer = nil, 500
+	o.steerCollector(collectorReading{live: 100, nonHeap: 50})
+	if !slices.Equal(calls, []int64{500}) {
+		t.Fatalf("under GOMEMLIMIT=500: limits set %v, want [500]", calls)
+	}
+
+	noHeapTrigger := &config.Overload{MaxConnections: 4,
+		Monitors: []*config.ResourceMonitor{{Name: config.FixedHeapMonitor, MaxHeapSizeBytes: 1000}, {Name: config.GlobalConnectionsMonitor, MaxConnections: 4}},
+		Actions: []*config.OverloadAction{{Name: config.StopAcceptingRequests, Triggers: []*config.OverloadTrigger{
+			{Resource: config.GlobalConnectionsMonitor, Threshold: 0.9}}}}}
+	o = newOverloadManager(noHeapTrigger, stats.NewStore(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	o.setGCLimit = func(v int64) int64 { t.Errorf("SetMemoryLimit(%d) with no trigger on the heap", v); return 0 }
+	o.steerCollector(collectorReading{live: 900, nonHeap: 50})
+}
+
+// TestSteeredHeapStaysUnderThreshold is the bug steering fixes, with Go's real collector: live data
+// at half of max_heap_size_bytes and a steady stream of garbage. Unsteered, the heap in use grows
+// to about twice the live heap (the whole limit) before each collection, so a 0.9 threshold would
+// fire with room to spare; steered, it stays under the threshold.
+func TestSteeredHeapStaysUnderThreshold(t *testing.T) {
+	runtime.GC()
+	base := runtimeMemory().live
+	const limit = 256 << 20
+	cfg := steeredConfig()
+	cfg.Monitors[0].MaxHeapSizeBytes = limit
+	cfg.Actions = cfg.Actions[:1] // the 0.9 threshold alone
+	o := newOverloadManager(cfg, stats.NewStore(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	defer o.stopSteering()
+
+	ballast = nil
+	for uint64(len(ballast))<<20 < limit/2-base {
+		ballast = append(ballast, make([]byte, 1<<20))
+	}
+	runtime.GC()
+	o.steerCollector(runtimeMemory())
+	var peak uint64
+	for i := range 4000 {
+		sink = make([]byte, 64<<10) // 250 MiB of garbage in all: unsteered, one collection at least
+		if i%16 == 0 {
+			m := runtimeMemory()
+			peak = max(peak, m.inUse)
+			if i%256 == 0 {
+				o.steerCollector(m) // as each refresh does
+			}
+		}
+	}
+	ballast = nil
+	if peak >= 9*limit/10 {
+		t.Fatalf("the heap in use peaked at %.2f of max_heap_size_bytes, want under the 0.9 threshold", float64(peak)/limit)
+	}
+	t.Logf("peak heap in use %.2f of max_heap_size_bytes (live 0.50)", float64(peak)/limit)
+}
+
+// ballast is TestSteeredHeapStaysUnderThreshold's live data; sink keeps its garbage from being
+// optimized away.
+var (
+	ballast [][]byte
+	sink    []byte
+)
