@@ -41,8 +41,9 @@ import (
 // for. So while a trigger watches the heap, the collector is steered (steerCollector): Go's soft
 // memory limit is set, every refresh, so the heap in use stays under 90% of the lowest threshold
 // that would fire an action — unless the live heap itself is above that, when it only keeps the
-// garbage to a tenth of the live heap. A GOMEMLIMIT set lower wins; the limit is restored when
-// the server stops.
+// garbage to a tenth of the live heap. A GOMEMLIMIT set lower wins, as does the lowest limit when
+// several servers in one process steer (tests); the limit from before comes back when the last
+// one stops.
 //
 // A nil *overloadManager (no overload_manager in the bootstrap) limits nothing.
 type overloadManager struct {
@@ -67,8 +68,7 @@ type overloadManager struct {
 	steered      *heapMonitor            // the monitor the steering keeps under heapTarget
 	setGCLimit   func(int64) int64       // debug.SetMemoryLimit; a test's recorder
 	readMemory   func() collectorReading // runtimeMemory; a test's figures
-	ownLimit     int64                   // the limit steering set last; 0: none yet
-	outerLimit   int64                   // the limit before steering (GOMEMLIMIT, or none)
+	ownLimit     int64                   // the limit this manager asks for; 0: none
 	shrinkEvery  time.Duration           // Envoy's HeapShrinker interval, 10 s
 	shrinkCount  *stats.Counter          // overload.envoy.overload_actions.shrink_heap.shrink_count
 	releaseFreed func()                  // debug.FreeOSMemory; a test's counter
@@ -176,23 +176,52 @@ func (o *overloadManager) steerCollector(m collectorReading) {
 	}
 	target := max(o.heapTarget*float64(o.steered.max), liveHeapSlack*float64(m.live))
 	limit := int64(min(target+float64(m.nonHeap), math.MaxInt64/2))
-	if o.ownLimit == 0 {
-		o.outerLimit = o.setGCLimit(-1)
-	}
-	limit = min(limit, o.outerLimit)
 	if d := limit - o.ownLimit; o.ownLimit != 0 && max(d, -d) < limit/64 {
 		return // no change worth a call
 	}
-	o.setGCLimit(limit)
 	o.ownLimit = limit
+	o.applyLimit(limit)
 }
 
-// stopSteering gives the collector back the limit it had before.
+// stopSteering withdraws this manager's limit.
 func (o *overloadManager) stopSteering() {
 	if o.ownLimit != 0 {
-		o.setGCLimit(o.outerLimit)
 		o.ownLimit = 0
+		o.applyLimit(0)
 	}
+}
+
+// collectorLimits is the soft memory limit as every steering manager in the process wants it:
+// there is one collector, so the lowest wins, and the limit from before (GOMEMLIMIT, or none)
+// comes back when the last one stops.
+var collectorLimits struct {
+	mu    sync.Mutex
+	outer int64
+	want  map[*overloadManager]int64
+}
+
+// applyLimit records the limit o asks for (0: none any more) and sets the lowest of all.
+func (o *overloadManager) applyLimit(limit int64) {
+	c := &collectorLimits
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.want) == 0 {
+		if limit == 0 {
+			return
+		}
+		c.outer = o.setGCLimit(-1)
+		c.want = make(map[*overloadManager]int64)
+	}
+	if limit == 0 {
+		delete(c.want, o)
+	} else {
+		c.want[o] = limit
+	}
+	effective := c.outer
+	for _, v := range c.want {
+		effective = min(effective, v)
+	}
+	o.setGCLimit(effective)
 }
 
 // runtimeMemory reads the monitor's and the collector's figures from runtime/metrics.

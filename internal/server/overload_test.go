@@ -313,6 +313,19 @@ func TestSteerCollector(t *testing.T) {
 	if !slices.Equal(calls, []int64{500}) {
 		t.Fatalf("under GOMEMLIMIT=500: limits set %v, want [500]", calls)
 	}
+	o.stopSteering()
+
+	// Two servers in one process: the lower limit holds until its server stops.
+	calls, outer = nil, math.MaxInt64
+	o2 := newOverloadManager(steeredConfig(), stats.NewStore(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	o2.setGCLimit = o.setGCLimit
+	o.steerCollector(collectorReading{live: 100, nonHeap: 50})
+	o2.steerCollector(collectorReading{live: 100, nonHeap: 900})
+	o.stopSteering()
+	o2.stopSteering()
+	if want := []int64{770, 770, 1620, math.MaxInt64}; !slices.Equal(calls, want) {
+		t.Fatalf("two servers: limits set %v, want %v", calls, want)
+	}
 
 	noHeapTrigger := &config.Overload{MaxConnections: 4,
 		Monitors: []*config.ResourceMonitor{{Name: config.FixedHeapMonitor, MaxHeapSizeBytes: 1000}, {Name: config.GlobalConnectionsMonitor, MaxConnections: 4}},
