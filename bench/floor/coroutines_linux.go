@@ -6,7 +6,6 @@ import (
 	"io"
 	"iter"
 	"net/netip"
-	"runtime"
 	"sync/atomic"
 	"syscall"
 )
@@ -90,32 +89,19 @@ func (c coroConn) Write(p []byte) (int, error) {
 // run serves until stop is set (checked every 100 ms; nil: forever), then ends every coroutine
 // and closes everything.
 func (l *coroLoop) run(stop *atomic.Bool) error {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	defer l.closeAll()
-	for stop == nil || !stop.Load() {
-		n, err := syscall.EpollWait(l.ep, l.events, 100)
-		if err == syscall.EINTR {
-			continue
+	return l.serve(stop, func(ev syscall.EpollEvent) {
+		fd := int(ev.Fd)
+		if fd == l.lfd {
+			l.accept()
+			return
 		}
-		if err != nil {
-			return err
+		if ev.Events&(syscall.EPOLLIN|syscall.EPOLLRDHUP|syscall.EPOLLHUP|syscall.EPOLLERR) != 0 {
+			l.wake(waitKey{fd, false})
 		}
-		for _, ev := range l.events[:n] {
-			fd := int(ev.Fd)
-			if fd == l.lfd {
-				l.accept()
-				continue
-			}
-			if ev.Events&(syscall.EPOLLIN|syscall.EPOLLRDHUP|syscall.EPOLLHUP|syscall.EPOLLERR) != 0 {
-				l.wake(waitKey{fd, false})
-			}
-			if ev.Events&(syscall.EPOLLOUT|syscall.EPOLLHUP|syscall.EPOLLERR) != 0 {
-				l.wake(waitKey{fd, true})
-			}
+		if ev.Events&(syscall.EPOLLOUT|syscall.EPOLLHUP|syscall.EPOLLERR) != 0 {
+			l.wake(waitKey{fd, true})
 		}
-	}
-	return nil
+	}, l.closeAll)
 }
 
 // watch adds fd to the set, edge-triggered both ways: a coroutine waits only after EAGAIN, and

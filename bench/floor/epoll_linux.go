@@ -2,6 +2,8 @@ package main
 
 import (
 	"net/netip"
+	"runtime"
+	"sync/atomic"
 	"syscall"
 )
 
@@ -59,6 +61,28 @@ func (b *epollBase) port() int {
 
 func (b *epollBase) ctl(op, fd int, events uint32) error {
 	return syscall.EpollCtl(b.ep, op, fd, &syscall.EpollEvent{Events: events, Fd: int32(fd)})
+}
+
+// serve passes each event to handle, on one thread, until stop is set (checked every 100 ms;
+// nil: forever), then runs finish on that thread still locked: iter.Pull's coroutines must be
+// resumed, to end them, in the thread-locking state they were made in.
+func (b *epollBase) serve(stop *atomic.Bool, handle func(syscall.EpollEvent), finish func()) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	defer finish()
+	for stop == nil || !stop.Load() {
+		n, err := syscall.EpollWait(b.ep, b.events, 100)
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		for _, ev := range b.events[:n] {
+			handle(ev)
+		}
+	}
+	return nil
 }
 
 // socket makes a non-blocking TCP socket for the upstream, with Nagle off as every proxy here has.

@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"net/netip"
-	"runtime"
 	"sync/atomic"
 	"syscall"
 )
@@ -43,26 +42,13 @@ func newEventLoop(listen, upstream netip.AddrPort) (*eventLoop, error) {
 
 // run serves until stop is set (checked every 100 ms; nil: forever), then closes everything.
 func (l *eventLoop) run(stop *atomic.Bool) error {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	defer l.closeAll()
-	for stop == nil || !stop.Load() {
-		n, err := syscall.EpollWait(l.ep, l.events, 100)
-		if err == syscall.EINTR {
-			continue
+	return l.serve(stop, func(ev syscall.EpollEvent) {
+		if fd := int(ev.Fd); fd == l.lfd {
+			l.accept()
+		} else if s := l.sides[fd]; s != nil {
+			l.ready(s)
 		}
-		if err != nil {
-			return err
-		}
-		for _, ev := range l.events[:n] {
-			if fd := int(ev.Fd); fd == l.lfd {
-				l.accept()
-			} else if s := l.sides[fd]; s != nil {
-				l.ready(s)
-			}
-		}
-	}
-	return nil
+	}, l.closeAll)
 }
 
 func (l *eventLoop) accept() {

@@ -76,6 +76,26 @@ func TestGoroutinesFloor(t *testing.T) {
 	}
 }
 
+// epollLoop is what both epoll floors offer a test.
+type epollLoop interface {
+	run(stop *atomic.Bool) error
+	port() int
+}
+
+// startLoop runs l and returns its address and a stop that waits for run to return.
+func startLoop(t *testing.T, l epollLoop) (addr string, stop func()) {
+	t.Helper()
+	var stopped atomic.Bool
+	done := make(chan error, 1)
+	go func() { done <- l.run(&stopped) }()
+	return netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(l.port())).String(), func() {
+		stopped.Store(true)
+		if err := <-done; err != nil {
+			t.Errorf("run: %v", err)
+		}
+	}
+}
+
 func TestEventLoopFloor(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("the event loop is epoll: Linux only")
@@ -85,14 +105,9 @@ func TestEventLoopFloor(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var stop atomic.Bool
-	done := make(chan error, 1)
-	go func() { done <- l.run(&stop) }()
-	echoThrough(t, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(l.port())).String())
-	stop.Store(true)
-	if err := <-done; err != nil {
-		t.Errorf("run: %v", err)
-	}
+	addr, stop := startLoop(t, l)
+	echoThrough(t, addr)
+	stop()
 }
 
 func TestCoroutinesFloor(t *testing.T) {
@@ -104,10 +119,7 @@ func TestCoroutinesFloor(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var stop atomic.Bool
-	done := make(chan error, 1)
-	go func() { done <- l.run(&stop) }()
-	addr := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(l.port())).String()
+	addr, stop := startLoop(t, l)
 	echoThrough(t, addr)
 	// A tunnel still open when the loop stops: its coroutines end and close both sockets.
 	c, _, err := websocket.DefaultDialer.Dial("ws://"+addr+"/echo", nil)
@@ -115,10 +127,7 @@ func TestCoroutinesFloor(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	stop.Store(true)
-	if err := <-done; err != nil {
-		t.Errorf("run: %v", err)
-	}
+	stop()
 	c.NetConn().SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, _, err := c.ReadMessage(); err == nil || strings.Contains(err.Error(), "timeout") {
 		t.Errorf("read after the loop stopped: %v, want the connection closed", err)
