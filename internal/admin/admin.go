@@ -107,6 +107,7 @@ func init() {
 		{"/healthcheck/fail", "cause the server to fail health checks", true, (*Server).handleHealthFail},
 		{"/healthcheck/ok", "cause the server to pass health checks", true, (*Server).handleHealthOK},
 		{"/help", "print out list of admin commands", false, (*Server).handleHelp},
+		{"/memory", "print current allocation/heap usage", false, (*Server).handleMemory},
 		{"/quitquitquit", "exit the server", true, (*Server).handleQuit},
 		{"/ready", "print server state, return 200 if LIVE, otherwise return 503", false, (*Server).handleReady},
 		{"/server_info", "print server version/status information", false, (*Server).handleServerInfo},
@@ -133,8 +134,9 @@ type Server struct {
 	quitOnce     sync.Once
 	closeOnce    sync.Once
 
-	live, uptime, stateGauge, goroutines *stats.Gauge
-	workersIdle                          *stats.Gauge
+	live, uptime, stateGauge, goroutines   *stats.Gauge
+	workersIdle                            *stats.Gauge
+	memAllocated, memHeapSize, memPhysical *stats.Gauge // server.memory_*: see memory.go
 }
 
 // Start listens on opts.Address and serves the admin endpoints on a goroutine owned by the
@@ -167,6 +169,9 @@ func Start(opts Options) (*Server, error) {
 	s.stateGauge = s.store.Gauge("server.state")
 	s.goroutines = s.store.Gauge("server.goroutines")
 	s.workersIdle = s.store.Gauge("server.workers_idle")
+	s.memAllocated = s.store.Gauge("server.memory_allocated")
+	s.memHeapSize = s.store.Gauge("server.memory_heap_size")
+	s.memPhysical = s.store.Gauge("server.memory_physical_size")
 	s.updateStateGauges()
 	s.updateUptime()
 	s.srv = &http.Server{
@@ -245,12 +250,14 @@ func (s *Server) updateStateGauges() {
 	}
 }
 
-// updateUptime sets server.uptime, and server.goroutines and server.workers_idle (not Envoy stats:
-// they let tests and operators see that tunnels and streams leave nothing behind but the
-// goroutines kept for the next connection, see package workers), and returns the uptime.
+// updateUptime sets server.uptime, the server.memory_* gauges, and server.goroutines and
+// server.workers_idle (not Envoy stats: they let tests and operators see that tunnels and streams
+// leave nothing behind but the goroutines kept for the next connection, see package workers), and
+// returns the uptime.
 func (s *Server) updateUptime() int64 {
 	s.goroutines.Set(int64(runtime.NumGoroutine()))
 	s.workersIdle.Set(int64(workers.Idle()))
+	s.updateMemory()
 	up := int64(time.Since(s.started) / time.Second)
 	s.uptime.Set(up)
 	return up
