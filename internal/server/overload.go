@@ -62,16 +62,16 @@ type overloadManager struct {
 	memory       *memacct.Tracker // the streams' buffer accounts; nil without resetStreams
 	resetCount   *stats.Counter   // envoy.overload_actions.reset_high_memory_stream.count
 
-	shrinkHeap *overloadAction // nil unless envoy.overload_actions.shrink_heap is configured
+	shrinkHeap   *overloadAction // nil unless envoy.overload_actions.shrink_heap is configured
+	shrinkEvery  time.Duration   // Envoy's HeapShrinker interval, 10 s
+	shrinkCount  *stats.Counter  // overload.envoy.overload_actions.shrink_heap.shrink_count
+	releaseFreed func()          // debug.FreeOSMemory; a test's counter
 
-	heapTarget   float64                 // the heap in use the collector aims under, as a fraction of a monitor's max; 0: not steered
-	steered      *heapMonitor            // the monitor the steering keeps under heapTarget
-	setGCLimit   func(int64) int64       // debug.SetMemoryLimit; a test's recorder
-	readMemory   func() collectorReading // runtimeMemory; a test's figures
-	ownLimit     int64                   // the limit this manager asks for; 0: none
-	shrinkEvery  time.Duration           // Envoy's HeapShrinker interval, 10 s
-	shrinkCount  *stats.Counter          // overload.envoy.overload_actions.shrink_heap.shrink_count
-	releaseFreed func()                  // debug.FreeOSMemory; a test's counter
+	heapTarget float64                 // the heap in use the collector aims under, as a fraction of the monitor's max; 0: not steered
+	steered    *heapMonitor            // the monitor the steering keeps under heapTarget
+	setGCLimit func(int64) int64       // debug.SetMemoryLimit; a test's recorder
+	readMemory func() collectorReading // runtimeMemory; a test's figures
+	ownLimit   int64                   // the limit this manager asks for; 0: none
 }
 
 // shrinkInterval is how often a saturated shrink_heap releases free memory (Envoy: 10 s).
@@ -145,10 +145,8 @@ func newOverloadManager(cfg *config.Overload, st *stats.Store, log *slog.Logger)
 			}
 		}
 	}
-	if o.heapTarget > 0 {
-		for _, h := range o.heaps {
-			o.steered = h
-		}
+	if o.heapTarget > 0 && len(o.heaps) > 0 {
+		o.steered = o.heaps[0] // fixed_heap, the one heap monitor there is
 	}
 	return o
 }
