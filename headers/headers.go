@@ -72,15 +72,18 @@ func (m *Map) Has(name string) bool {
 }
 
 // Values returns every value of name in order.
-func (m *Map) Values(name string) []string {
+func (m *Map) Values(name string) []string { return m.appendValues(nil, name) }
+
+// appendValues appends the values of name to dst: a caller with a small array on its stack
+// reads them without an allocation.
+func (m *Map) appendValues(dst []string, name string) []string {
 	name = lower(name)
-	var out []string
 	for _, f := range m.fields {
 		if f.Name == name {
-			out = append(out, f.Value)
+			dst = append(dst, f.Value)
 		}
 	}
-	return out
+	return dst
 }
 
 // Count returns how many fields are called name.
@@ -151,22 +154,31 @@ func (m *Map) Clone() *Map {
 
 // Tokens splits every value of a comma-separated list header into trimmed, non-empty tokens,
 // keeping their case.
-func (m *Map) Tokens(name string) []string {
-	var out []string
-	for _, v := range m.Values(name) {
-		for _, t := range strings.Split(v, ",") {
+func (m *Map) Tokens(name string) []string { return m.appendTokens(nil, name) }
+
+// appendTokens appends the tokens of the list header name to dst (see appendValues).
+func (m *Map) appendTokens(dst []string, name string) []string {
+	name = lower(name)
+	for _, f := range m.fields {
+		if f.Name != name {
+			continue
+		}
+		for v := f.Value; v != ""; {
+			t, rest, _ := strings.Cut(v, ",")
 			if t = strings.TrimSpace(t); t != "" {
-				out = append(out, t)
+				dst = append(dst, t)
 			}
+			v = rest
 		}
 	}
-	return out
+	return dst
 }
 
 // HasToken reports whether the comma-separated list header name holds token, compared
 // case-insensitively (RFC 9110 §7.6.1: connection options are case-insensitive).
 func (m *Map) HasToken(name, token string) bool {
-	for _, t := range m.Tokens(name) {
+	var buf [8]string
+	for _, t := range m.appendTokens(buf[:0], name) {
 		if strings.EqualFold(t, token) {
 			return true
 		}

@@ -113,3 +113,38 @@ func TestValidValue(t *testing.T) {
 		}
 	}
 }
+
+// TestTokens: list headers split on commas across every field of the name, empty elements and
+// the whitespace around them dropped (RFC 9110 §5.6.1), matched case-insensitively; more tokens
+// than HasToken keeps on its stack still count; the check and UpgradeToken allocate nothing.
+func TestTokens(t *testing.T) {
+	many := strings.Repeat("x, ", 12) + "Upgrade"
+	m := New("connection", " keep-alive ,, Upgrade ,", "Connection", "close", "upgrade", "websocket",
+		"x-many", many, "x-two", "a", "x-two", "b")
+	if got := strings.Join(m.Tokens("connection"), "|"); got != "keep-alive|Upgrade|close" {
+		t.Errorf("Tokens = %s", got)
+	}
+	for _, tc := range []struct {
+		name, token string
+		want        bool
+	}{
+		{"connection", "upgrade", true}, {"Connection", "CLOSE", true}, {"connection", "", false},
+		{"connection", "keep", false}, {"x-many", "upgrade", true}, {"x-none", "a", false},
+	} {
+		if got := m.HasToken(tc.name, tc.token); got != tc.want {
+			t.Errorf("HasToken(%q, %q) = %v", tc.name, tc.token, got)
+		}
+	}
+	if got := UpgradeToken(m); got != "websocket" {
+		t.Errorf("UpgradeToken = %q", got)
+	}
+	if got := UpgradeToken(New("upgrade", "a", "upgrade", "b ")); got != "a, b" {
+		t.Errorf("UpgradeToken of two fields = %q", got)
+	}
+	if n := testing.AllocsPerRun(100, func() {
+		_ = m.HasToken("connection", "upgrade")
+		_ = UpgradeToken(m)
+	}); n != 0 {
+		t.Errorf("HasToken and UpgradeToken: %v allocations, want 0", n)
+	}
+}

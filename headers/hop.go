@@ -20,7 +20,8 @@ func IsUpgrade(m *Map) bool {
 // multi-valued Upgrade ("websocket, foo") is returned whole: upgrade_type matches the whole value,
 // as in Envoy.
 func UpgradeToken(m *Map) string {
-	return strings.TrimSpace(strings.Join(m.Values("upgrade"), ", "))
+	var buf [2]string
+	return strings.TrimSpace(strings.Join(m.appendValues(buf[:0], "upgrade"), ", "))
 }
 
 // StripH2C removes an "Upgrade: h2c" offer and its HTTP2-Settings, with their Connection tokens,
@@ -48,8 +49,13 @@ func StripUpgrade(m *Map) {
 // keepUpgrade is true, Upgrade and a Connection of just "upgrade" survive so an upgrade can be
 // forwarded; other nominated fields are still removed (Envoy forwards them: PR #44525).
 func RemoveHopByHop(m *Map, keepUpgrade bool) {
-	upgrade := m.Values("upgrade")
-	for _, t := range m.Tokens("connection") {
+	var ubuf [2]string
+	var upgrade []string
+	if keepUpgrade {
+		upgrade = m.appendValues(ubuf[:0], "upgrade")
+	}
+	var cbuf [8]string
+	for _, t := range m.appendTokens(cbuf[:0], "connection") {
 		lt := strings.ToLower(t)
 		if strings.HasPrefix(lt, ":") {
 			continue // never let a client nominate a pseudo-header away

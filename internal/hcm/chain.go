@@ -7,12 +7,37 @@ import (
 	"github.com/switchyard-proxy/switchyard/internal/memacct"
 )
 
-// stage is one filter as one direction sees it.
+// stage is one filter as one direction sees it: exactly one of dec and enc is set. The filter is
+// kept as its interface, not as method values, which would cost an allocation each per stream.
 type stage struct {
-	name    string
-	headers func(h *headers.Map, end bool) filter.Status
-	data    func(b *buffer.Buffer, end bool) filter.Status
-	held    *buffer.Buffer // data this filter asked to keep (StopAndBuffer) or has not been given yet
+	name string
+	dec  filter.DecoderFilter
+	enc  filter.EncoderFilter
+	held *buffer.Buffer // data this filter asked to keep (StopAndBuffer) or has not been given yet
+}
+
+func (st *stage) headers(h *headers.Map, end bool) filter.Status {
+	if st.dec != nil {
+		return st.dec.DecodeHeaders(h, end)
+	}
+	return st.enc.EncodeHeaders(h, end)
+}
+
+func (st *stage) data(b *buffer.Buffer, end bool) filter.Status {
+	if st.dec != nil {
+		return st.dec.DecodeData(b, end)
+	}
+	return st.enc.EncodeData(b, end)
+}
+
+// iterHost is what an iterator asks of its stream, for the direction it runs (decode or not):
+// one interface rather than a closure per question, which cost an allocation each per stream.
+type iterHost interface {
+	stageLimit(decode bool) int                        // bytes a stage may hold
+	stageOverflow(decode bool)                         // a stage holds more than stageLimit
+	directionAborted(decode bool) bool                 // a local reply or reset ended the direction
+	sinkHeaders(decode bool, h *headers.Map, end bool) // after the last stage
+	sinkData(decode bool, b *buffer.Buffer, end bool)  // after the last stage
 }
 
 // iterator runs one direction of a stream through its stages with Envoy's iteration rules:
@@ -21,25 +46,24 @@ type stage struct {
 // next call. It is owned by one goroutine at a time (decode: the connection's; encode: whoever holds
 // the stream's encode lock).
 type iterator struct {
-	stages   []*stage
-	seen     int // stages[:seen] have been given the headers
-	stopped  int // index of the stage holding the headers, or -1
-	h        *headers.Map
-	hEnd     bool
-	limit    func() int                       // bytes a stage may hold
-	overflow func()                           // called when a stage holds more than limit
-	aborted  func() bool                      // a local reply or reset ended this direction
-	sinkH    func(h *headers.Map, end bool)   // after the last stage
-	sinkD    func(b *buffer.Buffer, end bool) // after the last stage
-	// sinkIgnoresHeaders: sinkH does nothing with the headers (the decode direction's), so once
-	// the last stage has them the iterator need not keep them for a resume.
+	stages  []stage
+	seen    int // stages[:seen] have been given the headers
+	stopped int // index of the stage holding the headers, or -1
+	h       *headers.Map
+	hEnd    bool
+	host    iterHost
+	decode  bool // the direction, as host's methods are told
+	// sinkIgnoresHeaders: the sink does nothing with the headers (the decode direction's), so
+	// once the last stage has them the iterator need not keep them for a resume.
 	sinkIgnoresHeaders bool
 	acct               *memacct.Account // charged with what stages hold; nil: no accounting
 }
 
-func newIterator(stages []*stage) *iterator {
-	return &iterator{stages: stages, stopped: -1}
+func (it *iterator) init(stages []stage, host iterHost, decode bool) {
+	*it = iterator{stages: stages, stopped: -1, host: host, decode: decode}
 }
+
+func (it *iterator) aborted() bool { return it.host.directionAborted(it.decode) }
 
 // pushHeaders starts the direction.
 func (it *iterator) pushHeaders(h *headers.Map, end bool) {
@@ -67,7 +91,7 @@ func (it *iterator) resumeHeaders(from int) bool {
 	it.stopped = -1
 	h := it.h
 	it.h = nil // the sink has them now: a tunnel that stays open for hours does not keep them
-	it.sinkH(h, it.hEnd)
+	it.host.sinkHeaders(it.decode, h, it.hEnd)
 	return true
 }
 
@@ -79,7 +103,7 @@ func (it *iterator) pushData(b *buffer.Buffer, end bool) {
 	}
 	owned := false // b is a stage's held buffer, not the caller's
 	for i := 0; i < len(it.stages) && i < it.seen; i++ {
-		s := it.stages[i]
+		s := &it.stages[i]
 		if s.held != nil && s.held.Len() > 0 {
 			it.acct.Credit(s.held.Len())
 			s.held.Append(b)
@@ -101,8 +125,8 @@ func (it *iterator) pushData(b *buffer.Buffer, end bool) {
 			}
 			s.held = b
 			it.acct.Charge(b.Len())
-			if b.Len() > it.limit() {
-				it.overflow()
+			if b.Len() > it.host.stageLimit(it.decode) {
+				it.host.stageOverflow(it.decode)
 			}
 			return
 		}
@@ -113,5 +137,5 @@ func (it *iterator) pushData(b *buffer.Buffer, end bool) {
 	if it.stopped >= 0 {
 		return // cannot happen: the loop stops at the stage holding the headers
 	}
-	it.sinkD(b, end)
+	it.host.sinkData(it.decode, b, end)
 }

@@ -19,36 +19,61 @@ type scripted struct {
 	log     *[]string
 }
 
-func (f *scripted) stage() *stage {
-	return &stage{name: f.name,
-		headers: func(_ *headers.Map, end bool) filter.Status {
-			*f.log = append(*f.log, fmt.Sprintf("%s:H(%v)", f.name, end))
-			return f.hStatus
-		},
-		data: func(b *buffer.Buffer, end bool) filter.Status {
-			*f.log = append(*f.log, fmt.Sprintf("%s:D(%s,%v)", f.name, b.Bytes(), end))
-			if f.dStatus == nil {
-				return filter.Continue
-			}
-			return f.dStatus(b, end)
-		}}
+func (f *scripted) DecodeHeaders(_ *headers.Map, end bool) filter.Status {
+	*f.log = append(*f.log, fmt.Sprintf("%s:H(%v)", f.name, end))
+	return f.hStatus
+}
+
+func (f *scripted) DecodeData(b *buffer.Buffer, end bool) filter.Status {
+	*f.log = append(*f.log, fmt.Sprintf("%s:D(%s,%v)", f.name, b.Bytes(), end))
+	if f.dStatus == nil {
+		return filter.Continue
+	}
+	return f.dStatus(b, end)
+}
+
+func (f *scripted) stage() stage { return stage{name: f.name, dec: f} }
+
+// testHost is an iterator's host that records what reaches the sink; a stage over the limit
+// overflows, and an overflow aborts the direction.
+type testHost struct {
+	limit      int
+	overflowed bool
+	onOverflow func()
+	log        *[]string
+}
+
+func (h *testHost) stageLimit(bool) int { return h.limit }
+func (h *testHost) stageOverflow(bool) {
+	h.overflowed = true
+	if h.onOverflow != nil {
+		h.onOverflow()
+	}
+}
+func (h *testHost) directionAborted(bool) bool { return h.overflowed }
+func (h *testHost) sinkHeaders(_ bool, _ *headers.Map, end bool) {
+	if h.log != nil {
+		*h.log = append(*h.log, fmt.Sprintf("sink:H(%v)", end))
+	}
+}
+func (h *testHost) sinkData(_ bool, b *buffer.Buffer, end bool) {
+	if h.log != nil {
+		*h.log = append(*h.log, fmt.Sprintf("sink:D(%s,%v)", b.Bytes(), end))
+	}
 }
 
 func runChain(t *testing.T, fs []*scripted, limit int, steps func(it *iterator)) (log []string, overflowed bool) {
 	t.Helper()
-	var stages []*stage
+	var stages []stage
 	for _, f := range fs {
 		f.log = &log
 		stages = append(stages, f.stage())
 	}
-	it := newIterator(stages)
-	it.limit = func() int { return limit }
-	it.overflow = func() { overflowed = true }
-	it.aborted = func() bool { return overflowed }
-	it.sinkH = func(_ *headers.Map, end bool) { log = append(log, fmt.Sprintf("sink:H(%v)", end)) }
-	it.sinkD = func(b *buffer.Buffer, end bool) { log = append(log, fmt.Sprintf("sink:D(%s,%v)", b.Bytes(), end)) }
-	steps(it)
-	return log, overflowed
+	host := &testHost{limit: limit, log: &log}
+	var it iterator
+	it.init(stages, host, true)
+	steps(&it)
+	return log, host.overflowed
 }
 
 func bufferUntilEnd(_ *buffer.Buffer, end bool) filter.Status {
@@ -144,13 +169,9 @@ func TestIteratorChargesHeldBytes(t *testing.T) {
 	acct := memacct.NewTracker(10).NewAccount(func() {})
 	var log []string
 	buf := &scripted{name: "buf", hStatus: filter.StopIteration, dStatus: bufferUntilEnd, log: &log}
-	it := newIterator([]*stage{buf.stage()})
+	var it iterator
+	it.init([]stage{buf.stage()}, &testHost{limit: 1 << 20, onOverflow: func() { t.Error("overflow") }}, true)
 	it.acct = acct
-	it.limit = func() int { return 1 << 20 }
-	it.overflow = func() { t.Error("overflow") }
-	it.aborted = func() bool { return false }
-	it.sinkH = func(*headers.Map, bool) {}
-	it.sinkD = func(*buffer.Buffer, bool) {}
 	it.pushHeaders(headers.New(), false)
 	steps := []struct {
 		data string

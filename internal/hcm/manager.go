@@ -200,14 +200,6 @@ func (m *Manager) drainClose() bool {
 	return rand.Float64() < float64(elapsed)/float64(m.drainOver)
 }
 
-func (m *Manager) chainFor(fs []*config.HTTPFilter) []namedFactory {
-	out := make([]namedFactory, 0, len(fs))
-	for _, f := range fs {
-		out = append(out, m.chains[f])
-	}
-	return out
-}
-
 // conn is one downstream HTTP/1.1 connection. Its goroutine reads requests one at a time and
 // answers each before reading the next, so pipelined requests are answered in order.
 type conn struct {

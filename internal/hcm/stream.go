@@ -3,8 +3,8 @@ package hcm
 import (
 	"context"
 	"crypto/rand"
+	"encoding/hex"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"strconv"
@@ -42,6 +42,9 @@ type stream struct {
 	route   *config.Route
 	vh      *config.VirtualHost
 	filters []any
+	// bareEncoder: a local reply sent before any filter existed encodes straight to the codec,
+	// and nothing aborts it.
+	bareEncoder bool
 
 	dec          *iterator // owned by the decode goroutine
 	decoderLimit atomic.Int64
@@ -282,44 +285,81 @@ func (s *stream) prepareRequestHeaders() bool {
 	return isUpgrade
 }
 
-// buildChain instantiates the stream's filters, skipping those the route disables.
+// buildChain instantiates the stream's filters, skipping those the route disables. Both
+// directions' stages share one array and both iterators one allocation.
 func (s *stream) buildChain(chain []*config.HTTPFilter) {
-	var decStages, encStages []*stage
-	for _, nf := range s.m.chainFor(chain) {
+	s.filters = make([]any, 0, len(chain))
+	stages := make([]stage, 0, 2*len(chain))
+	var namesBuf [8]string // the encoder stages' names, without an allocation for short chains
+	names := namesBuf[:0]
+	for _, cf := range chain {
+		nf := s.m.chains[cf]
 		if s.route != nil && s.route.DisabledFilters[nf.name] {
 			continue
 		}
 		f := nf.factory(s)
 		s.filters = append(s.filters, f)
+		names = append(names, nf.name)
 		if d, ok := f.(filter.DecoderFilter); ok {
-			decStages = append(decStages, &stage{name: nf.name, headers: d.DecodeHeaders, data: d.DecodeData})
-		}
-		if e, ok := f.(filter.EncoderFilter); ok {
-			encStages = append([]*stage{{name: nf.name, headers: e.EncodeHeaders, data: e.EncodeData}}, encStages...)
+			stages = append(stages, stage{name: nf.name, dec: d})
 		}
 	}
-	s.dec = newIterator(decStages)
+	nDec := len(stages)
+	for i := len(s.filters) - 1; i >= 0; i-- { // encoding runs the chain backwards
+		if e, ok := s.filters[i].(filter.EncoderFilter); ok {
+			stages = append(stages, stage{name: names[i], enc: e})
+		}
+	}
+	its := new([2]iterator)
+	s.dec, s.enc = &its[0], &its[1]
+	s.dec.init(stages[:nDec:nDec], s, true)
 	s.dec.acct = s.acct
-	s.dec.limit = func() int { return int(s.decoderLimit.Load()) }
-	s.dec.overflow = func() {
+	s.dec.sinkIgnoresHeaders = true
+	s.enc.init(stages[nDec:], s, false)
+	s.enc.acct = s.acct
+}
+
+// stageLimit, stageOverflow, directionAborted, sinkHeaders and sinkData make the stream its
+// iterators' iterHost. Decoding: a stage holds up to the decoder limit, a stage over it answers 413,
+// and what passes the router goes nowhere. Encoding: a stage holds up to the buffer limit, a stage
+// over it resets the stream, and what passes the first filter goes to the codec.
+func (s *stream) stageLimit(decode bool) int {
+	if decode {
+		return int(s.decoderLimit.Load())
+	}
+	return s.m.bufferLimit
+}
+
+func (s *stream) stageOverflow(decode bool) {
+	if decode {
 		s.m.stats.RqTooLarge.Inc()
 		s.SendLocalReply(413, "Payload Too Large", "request_payload_too_large")
+		return
 	}
-	s.dec.aborted = s.aborted
-	s.dec.sinkH = func(*headers.Map, bool) {}
-	s.dec.sinkIgnoresHeaders = true
-	s.dec.sinkD = func(*buffer.Buffer, bool) {}
+	s.m.stats.RsTooLarge.Inc()
+	s.reset("response_payload_too_large")
+}
 
-	s.enc = newIterator(encStages)
-	s.enc.acct = s.acct
-	s.enc.limit = func() int { return s.m.bufferLimit }
-	s.enc.overflow = func() {
-		s.m.stats.RsTooLarge.Inc()
-		s.reset("response_payload_too_large")
+func (s *stream) directionAborted(decode bool) bool {
+	switch {
+	case decode:
+		return s.aborted()
+	case s.bareEncoder:
+		return false
 	}
-	s.enc.aborted = func() bool { return s.wasReset.Load() }
-	s.enc.sinkH = s.writeHeaders
-	s.enc.sinkD = s.writeData
+	return s.wasReset.Load()
+}
+
+func (s *stream) sinkHeaders(decode bool, h *headers.Map, end bool) {
+	if !decode {
+		s.writeHeaders(h, end)
+	}
+}
+
+func (s *stream) sinkData(decode bool, b *buffer.Buffer, end bool) {
+	if !decode {
+		s.writeData(b, end)
+	}
 }
 
 func (s *stream) aborted() bool { return s.localReply.Load() || s.wasReset.Load() }
@@ -605,10 +645,9 @@ func (s *stream) earlyReply(status int, body, details string) {
 
 // replyWithoutFilters sends a local reply straight to the codec: no filter chain was built.
 func (s *stream) replyWithoutFilters(status int, body, details string) {
-	s.enc = newIterator(nil)
-	s.enc.aborted = func() bool { return false }
-	s.enc.sinkH = s.writeHeaders
-	s.enc.sinkD = s.writeData
+	s.bareEncoder = true
+	s.enc = new(iterator)
+	s.enc.init(nil, s, false)
 	s.SendLocalReply(status, body, details)
 }
 
@@ -752,7 +791,17 @@ func newRequestID() string {
 	rand.Read(b[:])
 	b[6] = b[6]&0x0f | 0x40
 	b[8] = b[8]&0x3f | 0x80
-	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+	var out [36]byte
+	j := 0
+	for i := range b {
+		if i == 4 || i == 6 || i == 8 || i == 10 {
+			out[j] = '-'
+			j++
+		}
+		hex.Encode(out[j:j+2], b[i:i+1])
+		j += 2
+	}
+	return string(out[:])
 }
 
 // writeHeaders is the last stage of the encode direction: the parts of writing a response head

@@ -161,8 +161,11 @@ type routerFilter struct {
 	method    string
 	chunked   bool
 	hasBody   bool
-	respAdd   [][]config.HeaderToAdd
-	respDel   [][]string
+	// The levels whose response header rules apply, in this order (nil: none at that level):
+	// pointers into the immutable config rather than slices grown per request.
+	respRT    *config.RouteTable
+	respVH    *config.VirtualHost
+	respRoute *config.Route
 	limit     int
 	// upgradeBody: the upgrade request declares a body. The seed: the HTTP/2 upgrade path will
 	// not proxy upgrade requests with bodies — an extended CONNECT's DATA is tunnel payload, so a
@@ -530,17 +533,14 @@ func (r *routerFilter) requestHeaders(h *headers.Map, route *config.Route) *head
 	vh, rt := r.info.VirtualHost(), r.info.RouteTable()
 	if rt != nil {
 		mutate(up, rt.RequestHeadersToAdd, rt.RequestHeadersToRemove)
-		r.respAdd = append(r.respAdd, rt.ResponseHeadersToAdd)
-		r.respDel = append(r.respDel, rt.ResponseHeadersToRemove)
+		r.respRT = rt
 	}
 	if vh != nil {
 		mutate(up, vh.RequestHeadersToAdd, vh.RequestHeadersToRemove)
-		r.respAdd = append(r.respAdd, vh.ResponseHeadersToAdd)
-		r.respDel = append(r.respDel, vh.ResponseHeadersToRemove)
+		r.respVH = vh
 	}
 	mutate(up, route.RequestHeadersToAdd, route.RequestHeadersToRemove)
-	r.respAdd = append(r.respAdd, route.ResponseHeadersToAdd)
-	r.respDel = append(r.respDel, route.ResponseHeadersToRemove)
+	r.respRoute = route
 	if a.Timeout > 0 && !r.suppressEnvoyHeaders {
 		up.Set("x-envoy-expected-rq-timeout-ms", strconv.FormatInt(a.Timeout.Milliseconds(), 10))
 	}
@@ -552,8 +552,14 @@ func (r *routerFilter) requestHeaders(h *headers.Map, route *config.Route) *head
 }
 
 func (r *routerFilter) responseHeaders(h *headers.Map) {
-	for i := range r.respAdd {
-		mutate(h, r.respAdd[i], r.respDel[i])
+	if rt := r.respRT; rt != nil {
+		mutate(h, rt.ResponseHeadersToAdd, rt.ResponseHeadersToRemove)
+	}
+	if vh := r.respVH; vh != nil {
+		mutate(h, vh.ResponseHeadersToAdd, vh.ResponseHeadersToRemove)
+	}
+	if route := r.respRoute; route != nil {
+		mutate(h, route.ResponseHeadersToAdd, route.ResponseHeadersToRemove)
 	}
 }
 

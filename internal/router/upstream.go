@@ -424,7 +424,7 @@ func (r *routerFilter) tunnel(att *attempt, resp *upResponse) {
 	r.responseHeaders(h)
 	r.cb.EncodeHeaders(h, false)
 	// What only the handshake needed goes now: an open tunnel should hold as little as possible.
-	r.upHeaders, r.respAdd, r.respDel = nil, nil, nil
+	r.upHeaders, r.respRT, r.respVH, r.respRoute = nil, nil, nil, nil
 	if u, ok := up.(*h1Upstream); ok {
 		u.resp = nil
 	}
