@@ -140,8 +140,8 @@ func newPconn(conn net.Conn, h *Host) *pconn {
 	var w io.Writer = conn
 	// Raw reads and writes for a plain TCP socket (see rawsys): the request head goes out and the
 	// response head comes in without a thread hand-off.
-	if cr := rawsys.NewConnReader(conn); cr != nil {
-		r, w = cr, rawsys.NewConnWriter(conn)
+	if cr, cw := rawsys.NewConnPair(conn); cr != nil {
+		r, w = cr, cw
 	}
 	return &pconn{conn: conn, r: buffer.GetReader(r), w: buffer.GetWriter(w), host: h}
 }

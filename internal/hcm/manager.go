@@ -380,7 +380,7 @@ func (m *Manager) ServeConn(ctx context.Context, nc net.Conn, hooks ConnHooks) {
 		scheme, alpn = "https", tc.ConnectionState().NegotiatedProtocol
 	}
 	cc := &countingConn{Conn: nc, rx: s.CxRxBytes, tx: s.CxTxBytes}
-	cc.sock, cc.in = rawsys.NewConnWriter(cc), rawsys.NewConnReader(cc)
+	cc.in, cc.sock = rawsys.NewConnPair(cc)
 	c := &conn{m: m, nc: cc, br: buffer.GetReader(cc), remote: nc.RemoteAddr().String(), scheme: scheme, life: life}
 	stop := cancelctx.AfterFunc(ctx, func() { nc.SetReadDeadline(time.Now()) })
 	c.stopWake = func() { stop() }

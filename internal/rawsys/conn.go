@@ -56,10 +56,39 @@ func NewConnReader(c net.Conn) *ConnReader {
 	if rc == nil {
 		return nil
 	}
-	r := &ConnReader{rc: rc}
+	r := &ConnReader{}
+	r.init(c, rc)
+	return r
+}
+
+func (r *ConnReader) init(c net.Conn, rc syscall.RawConn) {
+	r.rc = rc
 	r.counter, _ = c.(interface{ CountRead(n int) })
 	r.read = r.readOnce
-	return r
+}
+
+// NewConnPair returns NewConnReader(c) and NewConnWriter(c) made together, with one look at c's
+// socket and one allocation for both: a connection that is read and written both ways this way
+// (every HTTP/1.1 one) makes both at once.
+func NewConnPair(c net.Conn) (*ConnReader, *ConnWriter) {
+	rc := Socket(c)
+	if rc == nil {
+		return nil, nil
+	}
+	if sw, ok := c.(SocketWriter); ok {
+		if w := sw.SocketWriter(); w != nil {
+			r := &ConnReader{}
+			r.init(c, rc)
+			return r, w
+		}
+	}
+	p := &struct {
+		r ConnReader
+		w ConnWriter
+	}{}
+	p.r.init(c, rc)
+	p.w.init(c, rc)
+	return &p.r, &p.w
 }
 
 // Read reads what the socket has, up to len(p), like net.Conn's Read: io.EOF once the peer has
@@ -119,8 +148,9 @@ type ConnWriter struct {
 	n       int
 	err     error
 	noWait  bool // a Try call: a full socket ends the call instead of waiting for room
-	write   func(fd uintptr) bool
-	writev  func(fd uintptr) bool
+	// write is the poller callback for both kinds of call (a stored closure costs an allocation):
+	// vec set is a Writev, else a Write of p.
+	write func(fd uintptr) bool
 }
 
 // SocketWriter is a connection that already has a ConnWriter: NewConnWriter shares it (one per
@@ -140,11 +170,22 @@ func NewConnWriter(c net.Conn) *ConnWriter {
 	if rc == nil {
 		return nil
 	}
-	w := &ConnWriter{rc: rc}
-	w.counter, _ = c.(interface{ CountWrite(n int) })
-	w.write = w.writeOnce
-	w.writev = w.writevOnce
+	w := &ConnWriter{}
+	w.init(c, rc)
 	return w
+}
+
+func (w *ConnWriter) init(c net.Conn, rc syscall.RawConn) {
+	w.rc = rc
+	w.counter, _ = c.(interface{ CountWrite(n int) })
+	w.write = w.writeSome
+}
+
+func (w *ConnWriter) writeSome(fd uintptr) bool {
+	if w.vec != nil {
+		return w.writevOnce(fd)
+	}
+	return w.writeOnce(fd)
 }
 
 // Write writes all of p, like net.Conn's Write.
@@ -173,7 +214,7 @@ func (w *ConnWriter) TryWritev(bufs [][]byte) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.vec, w.n, w.err, w.noWait = bufs, 0, nil, true
-	err := w.rc.Write(w.writev)
+	err := w.rc.Write(w.write)
 	w.vec, w.noWait = nil, false
 	return w.done(err)
 }
@@ -184,7 +225,7 @@ func (w *ConnWriter) Writev(bufs [][]byte) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.vec, w.n, w.err = bufs, 0, nil
-	err := w.rc.Write(w.writev)
+	err := w.rc.Write(w.write)
 	w.vec = nil
 	return w.done(err)
 }

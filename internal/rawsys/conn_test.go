@@ -321,3 +321,44 @@ func TestConnWriterShared(t *testing.T) {
 		t.Fatalf("read %q (%v), counted %d; want \"shared\", 6", got, err, c.n)
 	}
 }
+
+// NewConnPair's reader and writer work as NewConnReader's and NewConnWriter's do, each counting
+// its own direction, a Write and a Writev in turn on one writer; a connection that has a writer
+// keeps it; and TLS gets neither.
+func TestConnPair(t *testing.T) {
+	a, b := tcpPair(t)
+	cc := &counting{Conn: a}
+	r, w := NewConnPair(cc)
+	if r == nil || w == nil {
+		t.Fatal("no reader and writer for a plain TCP socket")
+	}
+	if _, err := w.Write([]byte("one ")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Writev([][]byte{[]byte("two "), nil, []byte("three")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write([]byte(" four")); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len("one two three four"))
+	if _, err := io.ReadFull(b, got); err != nil || string(got) != "one two three four" {
+		t.Fatalf("peer read %q, %v", got, err)
+	}
+	b.Write([]byte("back"))
+	back := make([]byte, 4)
+	if _, err := io.ReadFull(r, back); err != nil || string(back) != "back" {
+		t.Fatalf("read %q, %v", back, err)
+	}
+	if cc.n != len(got) || cc.read != 4 {
+		t.Fatalf("counted %d written and %d read, want %d and 4", cc.n, cc.read, len(got))
+	}
+
+	shared := &sharing{counting: counting{Conn: a}, w: w}
+	if r2, w2 := NewConnPair(shared); r2 == nil || r2 == r || w2 != w {
+		t.Fatal("a connection with a writer did not keep it, or got no reader of its own")
+	}
+	if r3, w3 := NewConnPair(tls.Client(a, &tls.Config{})); r3 != nil || w3 != nil {
+		t.Fatal("a TLS connection got raw socket access")
+	}
+}
