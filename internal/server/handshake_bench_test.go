@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"sync"
 	"testing"
 
@@ -23,7 +24,7 @@ func BenchmarkHandshake(b *testing.B) {
 	app := startBenchApp(b)
 	b.Run("direct", func(b *testing.B) { runHandshakes(b, app) })
 	b.Run("proxy", func(b *testing.B) {
-		snap, err := config.Parse("bench.yaml", []byte(fmt.Sprintf(handshakeBenchYAML, app)))
+		snap, err := config.Parse("switchyard.yaml", handshakeBenchConfig(b, app))
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -36,39 +37,25 @@ func BenchmarkHandshake(b *testing.B) {
 	})
 }
 
-// handshakeBenchYAML is bench/configs/switchyard.yaml with ports the kernel picks.
-const handshakeBenchYAML = `
-static_resources:
-  listeners:
-  - name: ingress
-    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: ingress
-          upgrade_configs: [{upgrade_type: websocket}]
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {prefix: "/"}
-                route: {cluster: app, timeout: 0s}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
-  clusters:
-  - name: app
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: app
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: %d}}}
-`
+// handshakeBenchConfig is bench/configs/switchyard.yaml, the config bench/peers.sh measures, with
+// ports the kernel picks and the echo app at appPort.
+func handshakeBenchConfig(b *testing.B, appPort int) []byte {
+	yaml, err := os.ReadFile("../../bench/configs/switchyard.yaml")
+	if err != nil {
+		b.Fatal(err)
+	}
+	for from, to := range map[string]string{
+		"port_value: 19901": "port_value: 0", // admin
+		"port_value: 18084": "port_value: 0", // the listener
+		"port_value: 18080": fmt.Sprintf("port_value: %d", appPort),
+	} {
+		if !bytes.Contains(yaml, []byte(from)) {
+			b.Fatalf("bench/configs/switchyard.yaml has no %q", from)
+		}
+		yaml = bytes.ReplaceAll(yaml, []byte(from), []byte(to))
+	}
+	return yaml
+}
 
 const (
 	benchUpgradeRequest = "GET /echo HTTP/1.1\r\nHost: app\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
