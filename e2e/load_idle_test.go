@@ -89,6 +89,7 @@ func TestLoadIdleTunnels(t *testing.T) {
 type idleCost struct {
 	g0, g1, g2         int64
 	perTunnel, kb, fds float64 // goroutines, KiB of RSS and descriptors per tunnel
+	rss                int64   // the processes' RSS when measured, bytes
 }
 
 // checkFDs fails the test if a tunnel holds more descriptors than its two sockets: the process's
@@ -135,6 +136,7 @@ func measureIdle(t *testing.T, ps []*harness.Proxy, n int, what string, open fun
 	m.g2, rss2 = goroutines(), rss()
 	m.perTunnel = float64(m.g2-m.g0) / float64(n)
 	m.kb = float64(rss2-rss0) / 1024 / float64(n)
+	m.rss = rss2
 	m.fds = float64(fds()-fd0) / float64(n)
 	t.Logf("%d %s: %.2f goroutines, %.2f descriptors and %.1f KiB of RSS each (RSS %d → %d MiB; goroutines %d → %d → %d)",
 		n, what, m.perTunnel, m.fds, m.kb, rss0>>20, rss2>>20, m.g0, m.g1, m.g2)
@@ -143,6 +145,26 @@ func measureIdle(t *testing.T, ps []*harness.Proxy, n int, what string, open fun
 			first, n/2, second, n-n/2)
 	}
 	return m
+}
+
+// waitQuietRelease waits for the proxy, quiet since its tunnels opened, to give the burst's
+// memory back (server.memory_quiet_releases, package server's release.go): within 15 s, and its
+// RSS falls below what it was when measured (rss) by at least 2 MiB.
+func waitQuietRelease(t *testing.T, p *harness.Proxy, rss int64) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for p.Stat("server.memory_quiet_releases") == 0 {
+		if time.Now().After(deadline) {
+			t.Errorf("no quiet release within 15 s of the tunnels opening (RSS %d MiB)", p.RSS()>>20)
+			return
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	after := p.RSS()
+	t.Logf("quiet release: RSS %d → %d MiB", rss>>20, after>>20)
+	if after > rss-2<<20 {
+		t.Errorf("after the quiet release the RSS is %d MiB, want at least 2 below the %d MiB measured before it", after>>20, rss>>20)
+	}
 }
 
 // waitParked waits for the proxy's quiet HTTP/2 connections to park their reads on the tunnel
@@ -227,6 +249,7 @@ func TestLoadIdleH2Tunnels(t *testing.T) {
 	if kb >= 23 {
 		t.Errorf("%.1f KiB of RSS per idle HTTP/2 tunnel, want under 23", kb)
 	}
+	waitQuietRelease(t, p, m.rss)
 	closeAll()
 	p.WaitStat(upgActiveStat, 0, loadWait)
 	p.WaitStat("http.ingress.downstream_cx_active", 0, loadWait)

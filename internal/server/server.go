@@ -59,6 +59,8 @@ type Server struct {
 
 	drainGradual bool          // --drain-strategy gradual
 	drainTime    time.Duration // --drain-time-s
+
+	letGoRelease func() // lets go of the process's quiet releaser (release.go); nil until Start holds it
 }
 
 // SetDrain records the command line's drain strategy and time; call it before Start.
@@ -142,6 +144,7 @@ func (s *Server) Start() error {
 		s.admin = a
 	}
 	s.overload.start(s.ctx, &s.wg)
+	s.letGoRelease = holdQuietRelease(s.store.Counter("server.memory_quiet_releases"))
 	for _, r := range rs {
 		s.wg.Add(1)
 		go s.accept(r)
@@ -387,6 +390,9 @@ func (s *Server) Close() {
 		nc.Close()
 	}
 	s.wg.Wait()
+	if s.letGoRelease != nil {
+		s.letGoRelease()
+	}
 	if s.admin != nil {
 		s.admin.Close()
 	}
