@@ -17,41 +17,45 @@ import (
 // holds idle tunnels allocates almost nothing, so no collection comes to free the garbage and the
 // background scavenger returns nothing below that goal: the RSS stays at the burst's peak for as
 // long as the tunnels live. Envoy's allocator, tcmalloc, frees at once and returns free pages in
-// the background. So every second the releaser looks at what the process allocated: when that has
-// stayed under a trickle (1 MiB, or 1/64 of the live heap) for quietFor, and what a collection and
-// a release would give back (the garbage not yet collected plus the free pages still mapped) is
-// at least a quarter of the live heap and 2 MiB, it calls debug.FreeOSMemory once: a full
-// collection, then every free page back to the system. A busy process never pays for it (the
-// collector runs there anyway and keeps its pages for the next allocations), and a quiet one pays
-// once per burst: after the release there is nothing left to give back until it allocates again.
+// the background. So every second the releaser looks at what the process allocated and at the
+// heap's mapped pages (objects, garbage included, free pages and fragments: what the heap holds
+// of the RSS). When the allocations have stayed under a trickle (1 MiB a second, or 1/64 of the
+// heap) for quietFor, and the heap has grown since the last release (from the least it held
+// since) by at least a quarter and 2 MiB, it calls debug.FreeOSMemory once: a full collection,
+// then every free page back to the system. Growth, not the live heap the last collection saw: a
+// collection during the burst may have seen the burst's data live, and until the next one that
+// figure says nothing of what is garbage now. A busy process never pays for it (the collector
+// runs there anyway and keeps its pages for the next allocations); a quiet one pays once per
+// burst: the release brings the heap back to what is live, the new floor to grow from.
 type quietRelease struct {
 	quietFor time.Duration
 	release  func() // debug.FreeOSMemory; a test's counter
 
 	quietSince time.Time
 	lastAllocs uint64
+	floor      uint64 // the least the heap has held since the last release (or the first look)
+	rebase     bool   // a release just ran: the next look sets the floor
 	started    bool
 }
 
 const (
 	quietReleaseAfter = 5 * time.Second
 	quietTrickle      = 1 << 20 // bytes allocated per second that still count as quiet
-	releaseAtLeast    = 2 << 20 // bytes worth a full collection
+	releaseAtLeast    = 2 << 20 // growth worth a full collection
 )
 
 // releaseReading is what one look at the runtime gives the releaser.
 type releaseReading struct {
-	allocs      uint64 // bytes allocated since the process started
-	live        uint64 // the live heap at the last collection
-	reclaimable uint64 // heap objects beyond live (garbage) plus free pages still mapped
+	allocs uint64 // bytes allocated since the process started
+	heap   uint64 // the heap's mapped pages: objects (live or garbage), free pages, fragments
 }
 
 func readRelease() releaseReading {
 	s := []metrics.Sample{
 		{Name: "/gc/heap/allocs:bytes"},
-		{Name: "/gc/heap/live:bytes"},
 		{Name: "/memory/classes/heap/objects:bytes"},
 		{Name: "/memory/classes/heap/free:bytes"},
+		{Name: "/memory/classes/heap/unused:bytes"},
 	}
 	metrics.Read(s)
 	v := func(i int) uint64 {
@@ -60,26 +64,30 @@ func readRelease() releaseReading {
 		}
 		return 0
 	}
-	live, objects := v(1), v(2)
-	return releaseReading{allocs: v(0), live: live, reclaimable: objects - min(objects, live) + v(3)}
+	return releaseReading{allocs: v(0), heap: v(1) + v(2) + v(3)}
 }
 
-// observe takes one reading at now (taken every tick, a second apart) and reports whether the
-// process has been quiet for quietFor with enough to give back; it then calls release.
+// observe takes one reading at now (taken every tick) and reports whether the process has been
+// quiet for quietFor after the heap grew enough; it then calls release.
 func (q *quietRelease) observe(now time.Time, tick time.Duration, r releaseReading) bool {
 	allocated := r.allocs - min(r.allocs, q.lastAllocs)
 	first := !q.started
 	q.started, q.lastAllocs = true, r.allocs
-	trickle := max(uint64(quietTrickle), r.live/64) * uint64(max(tick/time.Second, 1))
+	if first || q.rebase {
+		q.floor, q.rebase = r.heap, false
+	}
+	q.floor = min(q.floor, r.heap)
+	trickle := max(uint64(quietTrickle), r.heap/64) * uint64(max(tick/time.Second, 1))
 	if first || allocated > trickle {
 		q.quietSince = now
 		return false
 	}
-	if now.Sub(q.quietSince) < q.quietFor || r.reclaimable < max(uint64(releaseAtLeast), r.live/4) {
+	grown := r.heap - q.floor
+	if now.Sub(q.quietSince) < q.quietFor || grown < max(uint64(releaseAtLeast), q.floor/4) {
 		return false
 	}
 	q.release()
-	q.quietSince = now
+	q.quietSince, q.rebase = now, true
 	return true
 }
 

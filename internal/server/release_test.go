@@ -11,45 +11,48 @@ import (
 )
 
 // TestQuietReleaseDecides: a release only after quietFor of allocations under the trickle, only
-// when a quarter of the live heap and 2 MiB would come back, once per burst; a busy process
-// never releases.
+// when the heap has grown by a quarter and 2 MiB from the least it held since the last release,
+// once per burst; a busy process never releases.
 func TestQuietReleaseDecides(t *testing.T) {
 	const mib = 1 << 20
 	type step struct {
-		allocs      uint64 // allocated since the last step, MiB
-		live        uint64 // MiB
-		reclaimable uint64 // MiB
-		want        bool
+		allocs uint64 // allocated since the last step, MiB
+		heap   uint64 // the heap's mapped pages, MiB
+		want   bool
 	}
 	tests := []struct {
 		name  string
 		steps []step
 	}{
 		{"quiet after a burst: one release, at the fifth quiet second", []step{
-			{0, 100, 0, false}, {200, 100, 80, false},
-			{0, 100, 80, false}, {0, 100, 80, false}, {0, 100, 80, false}, {0, 100, 80, false},
-			{0, 100, 80, true},
-			{0, 100, 2, false}, {0, 100, 2, false}, {0, 100, 2, false}, {0, 100, 2, false}, {0, 100, 2, false}, {0, 100, 2, false},
+			{0, 20, false}, {200, 120, false},
+			{0, 120, false}, {0, 120, false}, {0, 120, false}, {0, 120, false},
+			{0, 120, true},
+			{0, 30, false}, {0, 30, false}, {0, 30, false}, {0, 30, false}, {0, 30, false}, {0, 30, false},
 		}},
-		{"a trickle is quiet (1/64 of the live heap a second)", []step{
-			{0, 640, 400, false}, {9, 640, 400, false}, {9, 640, 400, false}, {9, 640, 400, false}, {9, 640, 400, false},
-			{9, 640, 400, true},
+		{"a trickle is quiet (1/64 of the heap a second)", []step{
+			{0, 400, false}, {9, 640, false}, {9, 640, false}, {9, 640, false}, {9, 640, false},
+			{9, 640, true},
 		}},
 		{"busy: never", []step{
-			{0, 100, 80, false}, {2, 100, 80, false}, {2, 100, 80, false}, {2, 100, 80, false}, {2, 100, 80, false},
-			{2, 100, 80, false}, {2, 100, 80, false}, {2, 100, 80, false},
+			{0, 20, false}, {2, 120, false}, {2, 120, false}, {2, 120, false}, {2, 120, false},
+			{2, 120, false}, {2, 120, false}, {2, 120, false},
 		}},
 		{"a new burst restarts the count", []step{
-			{0, 100, 80, false}, {0, 100, 80, false}, {0, 100, 80, false}, {0, 100, 80, false}, {50, 100, 80, false},
-			{0, 100, 80, false}, {0, 100, 80, false}, {0, 100, 80, false}, {0, 100, 80, false}, {0, 100, 80, true},
+			{0, 20, false}, {100, 120, false}, {0, 120, false}, {0, 120, false}, {50, 120, false},
+			{0, 120, false}, {0, 120, false}, {0, 120, false}, {0, 120, false}, {0, 120, true},
 		}},
-		{"too little to give back: under a quarter of the live heap", []step{
-			{0, 100, 24, false}, {0, 100, 24, false}, {0, 100, 24, false}, {0, 100, 24, false}, {0, 100, 24, false},
-			{0, 100, 24, false}, {0, 100, 24, false},
+		{"too little growth: under a quarter", []step{
+			{0, 100, false}, {30, 124, false}, {0, 124, false}, {0, 124, false}, {0, 124, false},
+			{0, 124, false}, {0, 124, false}, {0, 124, false},
 		}},
-		{"too little to give back: under 2 MiB", []step{
-			{0, 4, 1, false}, {0, 4, 1, false}, {0, 4, 1, false}, {0, 4, 1, false}, {0, 4, 1, false},
-			{0, 4, 1, false}, {0, 4, 1, false},
+		{"too little growth: under 2 MiB", []step{
+			{0, 4, false}, {3, 5, false}, {0, 5, false}, {0, 5, false}, {0, 5, false},
+			{0, 5, false}, {0, 5, false}, {0, 5, false},
+		}},
+		{"growth counts from the least the heap held", []step{
+			{0, 100, false}, {0, 60, false}, {30, 80, false},
+			{0, 80, false}, {0, 80, false}, {0, 80, false}, {0, 80, false}, {0, 80, true},
 		}},
 	}
 	for _, tc := range tests {
@@ -60,7 +63,7 @@ func TestQuietReleaseDecides(t *testing.T) {
 			var total uint64
 			for i, s := range tc.steps {
 				total += s.allocs * mib
-				got := q.observe(now, time.Second, releaseReading{allocs: total, live: s.live * mib, reclaimable: s.reclaimable * mib})
+				got := q.observe(now, time.Second, releaseReading{allocs: total, heap: s.heap * mib})
 				if got != s.want {
 					t.Fatalf("second %d: release %v, want %v", i, got, s.want)
 				}
@@ -79,9 +82,10 @@ func TestQuietReleaseDecides(t *testing.T) {
 	}
 }
 
-// TestQuietReleaseGivesMemoryBack: with Go's real collector and the runtime's own readings, the
-// garbage of a burst (64 MiB allocated and dropped) is found worth releasing once the process has
-// been quiet, and the release returns it to the system.
+// TestQuietReleaseGivesMemoryBack: with Go's real collector and the runtime's own readings, a
+// burst (64 MiB held at once, then dropped) is found worth releasing once the process has been
+// quiet, and the release returns it to the system. It starts from a heap with nothing to give
+// back, whatever the tests before it left.
 func TestQuietReleaseGivesMemoryBack(t *testing.T) {
 	released := func() uint64 {
 		s := []metrics.Sample{{Name: "/memory/classes/heap/released:bytes"}}
@@ -94,7 +98,7 @@ func TestQuietReleaseGivesMemoryBack(t *testing.T) {
 		debug.FreeOSMemory()
 		gave = released() - min(released(), before)
 	}}
-	runtime.GC()
+	debug.FreeOSMemory()
 	q.observe(time.Now(), 100*time.Millisecond, readRelease())
 
 	keep := make([][]byte, 0, 64)
@@ -110,7 +114,7 @@ func TestQuietReleaseGivesMemoryBack(t *testing.T) {
 		did = q.observe(time.Now(), 100*time.Millisecond, readRelease())
 	}
 	if !did {
-		t.Fatalf("no release within 10 s of quiet (reading %+v)", readRelease())
+		t.Fatalf("no release within 10 s of quiet (reading %+v, floor %d)", readRelease(), q.floor)
 	}
 	if gave < 32<<20 {
 		t.Fatalf("the release gave %d MiB back to the system, want at least 32 of the burst's 64", gave>>20)
