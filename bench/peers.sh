@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # bench/peers.sh: Switchyard against nginx, HAProxy and Caddy (Debian packages) on loopback.
 # Interleaved: each repetition runs every case on every target back to back, rotating target order.
-# Env: REPS (3), DUR seconds (5), IDLE tunnels (2000), OUT results file (/tmp/switchyard-peers-DATE.jsonl).
+# Env: REPS (3), DUR seconds (5), IDLE tunnels (2000), SETTLE (2s: how long the idle cases wait after
+# the last tunnel opened before sampling RSS; 10s shows what a quiet proxy gives back), OUT results
+# file (/tmp/switchyard-peers-DATE.jsonl), ONLY (all, or idle: the idle cases alone).
 # Ports (fixed, loopback): echo 18080, nginx 18081, haproxy 18082, caddy 18083, switchyard 18084,
 # switchyard two-hop front 18085 / sidecar 18086, HAProxy two-hop front 18087 / sidecar 18088,
 # the handshake floors (bench/floor: goroutines 18092, event loop 18093, coroutines 18094),
@@ -11,6 +13,9 @@ set -euo pipefail
 REPS=${REPS:-3}
 DUR=${DUR:-5}
 IDLE=${IDLE:-2000}
+SETTLE=${SETTLE:-2s}
+ONLY=${ONLY:-all}
+[[ $ONLY == all || $ONLY == idle ]] || { echo "peers.sh: ONLY must be all or idle, not $ONLY" >&2; exit 2; }
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CONF="$ROOT/bench/configs"
 WORK=$(mktemp -d /tmp/sy-peers.XXXXXX)
@@ -166,8 +171,8 @@ CASES=(
   "handshakes c=50|-workload handshakes -conns 50|${TARGETS[*]} ${FLOORS[*]}"
 )
 IDLECASES=(
-  "idle n=$IDLE|-workload idle -conns $IDLE|${TARGETS[*]} ${PAIRS[*]}"
-  "h2 idle n=$IDLE|-proto h2 -workload idle -conns $IDLE|${H2TARGETS[*]}"
+  "idle n=$IDLE|-workload idle -conns $IDLE -settle $SETTLE|${TARGETS[*]} ${PAIRS[*]}"
+  "h2 idle n=$IDLE|-proto h2 -workload idle -conns $IDLE -settle $SETTLE|${H2TARGETS[*]}"
 )
 
 : >"$OUT"
@@ -195,8 +200,9 @@ warm() { # target flags
   # shellcheck disable=SC2086
   "$BIN_BENCH" -url "$(url_of "$1")" $2 -warmup 0 -duration "${WARM:-3}s" >/dev/null 2>&1 || log "warm-up of $1 failed"
 }
-for t in "${TARGETS[@]}" "${PAIRS[@]}"; do warm "$t" "-workload echo -conns 1000 -size 64"; done
-for t in "${H2TARGETS[@]}"; do warm "$t" "-proto h2 -workload echo -conns 100 -size 1024"; done
+[[ $ONLY == idle ]] && CASES=() # the idle cases restart every process anyway: no warm-up either
+for t in "${TARGETS[@]}" "${PAIRS[@]}"; do [[ $ONLY == idle ]] || warm "$t" "-workload echo -conns 1000 -size 64"; done
+for t in "${H2TARGETS[@]}"; do [[ $ONLY == idle ]] || warm "$t" "-proto h2 -workload echo -conns 100 -size 1024"; done
 log "targets warmed"
 for ((rep = 1; rep <= REPS; rep++)); do
   for c in "${CASES[@]}"; do
