@@ -225,23 +225,29 @@ func (o *overloadManager) applyLimit(limit int64) {
 
 // runtimeMemory reads the monitor's and the collector's figures from runtime/metrics.
 func runtimeMemory() collectorReading {
-	s := []metrics.Sample{
-		{Name: "/gc/heap/live:bytes"},
-		{Name: "/memory/classes/total:bytes"},
-		{Name: "/memory/classes/heap/released:bytes"},
-		{Name: "/memory/classes/heap/objects:bytes"},
-		{Name: "/memory/classes/heap/unused:bytes"},
+	v := readMetrics("/gc/heap/live:bytes", "/memory/classes/total:bytes",
+		"/memory/classes/heap/released:bytes", "/memory/classes/heap/objects:bytes",
+		"/memory/classes/heap/unused:bytes")
+	inUse := v[3] + v[4]
+	mapped := v[1] - v[2] // what Go's memory limit counts
+	return collectorReading{live: v[0], inUse: inUse, nonHeap: mapped - min(mapped, inUse)}
+}
+
+// readMetrics reads the named runtime/metrics values, all byte counts (0 for one this Go does
+// not have).
+func readMetrics(names ...string) []uint64 {
+	s := make([]metrics.Sample, len(names))
+	for i, n := range names {
+		s[i].Name = n
 	}
 	metrics.Read(s)
-	v := func(i int) uint64 {
+	out := make([]uint64, len(s))
+	for i := range s {
 		if s[i].Value.Kind() == metrics.KindUint64 {
-			return s[i].Value.Uint64()
+			out[i] = s[i].Value.Uint64()
 		}
-		return 0
 	}
-	inUse := v(3) + v(4)
-	mapped := v(1) - v(2) // what Go's memory limit counts
-	return collectorReading{live: v(0), inUse: inUse, nonHeap: mapped - min(mapped, inUse)}
+	return out
 }
 
 // memoryTracker returns the tracker the connection managers open stream accounts with; nil when

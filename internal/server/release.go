@@ -4,7 +4,6 @@ import (
 	"context"
 	"os"
 	"runtime/debug"
-	"runtime/metrics"
 	"sync"
 	"time"
 
@@ -51,20 +50,9 @@ type releaseReading struct {
 }
 
 func readRelease() releaseReading {
-	s := []metrics.Sample{
-		{Name: "/gc/heap/allocs:bytes"},
-		{Name: "/memory/classes/heap/objects:bytes"},
-		{Name: "/memory/classes/heap/free:bytes"},
-		{Name: "/memory/classes/heap/unused:bytes"},
-	}
-	metrics.Read(s)
-	v := func(i int) uint64 {
-		if s[i].Value.Kind() == metrics.KindUint64 {
-			return s[i].Value.Uint64()
-		}
-		return 0
-	}
-	return releaseReading{allocs: v(0), heap: v(1) + v(2) + v(3)}
+	v := readMetrics("/gc/heap/allocs:bytes", "/memory/classes/heap/objects:bytes",
+		"/memory/classes/heap/free:bytes", "/memory/classes/heap/unused:bytes")
+	return releaseReading{allocs: v[0], heap: v[1] + v[2] + v[3]}
 }
 
 // observe takes one reading at now (taken every tick) and reports whether the process has been
