@@ -4,10 +4,11 @@ import (
 	"bytes"
 	"encoding/json"
 	"net/http"
-	"runtime/metrics"
 
 	adminv3 "github.com/envoyproxy/go-control-plane/envoy/admin/v3"
 	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/switchyard-proxy/switchyard/internal/rtmetrics"
 )
 
 // Envoy reports its allocator's figures in /memory and in the server.memory_* gauges; these are
@@ -32,17 +33,7 @@ var memorySamples = [...]string{
 
 // readMemory returns Envoy's Memory message filled from runtime/metrics.
 func readMemory() *adminv3.Memory {
-	s := make([]metrics.Sample, len(memorySamples))
-	for i, n := range memorySamples {
-		s[i].Name = n
-	}
-	metrics.Read(s)
-	v := make([]uint64, len(s))
-	for i := range s {
-		if s[i].Value.Kind() == metrics.KindUint64 {
-			v[i] = s[i].Value.Uint64()
-		}
-	}
+	v := rtmetrics.Bytes(memorySamples[:]...)
 	objects, unused, free, released, total := v[0], v[1], v[2], v[3], v[4]
 	return &adminv3.Memory{
 		Allocated:          objects,

@@ -6,13 +6,13 @@ import (
 	"math"
 	"math/rand/v2"
 	"runtime/debug"
-	"runtime/metrics"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/switchyard-proxy/switchyard/internal/config"
 	"github.com/switchyard-proxy/switchyard/internal/memacct"
+	"github.com/switchyard-proxy/switchyard/internal/rtmetrics"
 	"github.com/switchyard-proxy/switchyard/internal/stats"
 )
 
@@ -225,29 +225,12 @@ func (o *overloadManager) applyLimit(limit int64) {
 
 // runtimeMemory reads the monitor's and the collector's figures from runtime/metrics.
 func runtimeMemory() collectorReading {
-	v := readMetrics("/gc/heap/live:bytes", "/memory/classes/total:bytes",
+	v := rtmetrics.Bytes("/gc/heap/live:bytes", "/memory/classes/total:bytes",
 		"/memory/classes/heap/released:bytes", "/memory/classes/heap/objects:bytes",
 		"/memory/classes/heap/unused:bytes")
 	inUse := v[3] + v[4]
 	mapped := v[1] - v[2] // what Go's memory limit counts
 	return collectorReading{live: v[0], inUse: inUse, nonHeap: mapped - min(mapped, inUse)}
-}
-
-// readMetrics reads the named runtime/metrics values, all byte counts (0 for one this Go does
-// not have).
-func readMetrics(names ...string) []uint64 {
-	s := make([]metrics.Sample, len(names))
-	for i, n := range names {
-		s[i].Name = n
-	}
-	metrics.Read(s)
-	out := make([]uint64, len(s))
-	for i := range s {
-		if s[i].Value.Kind() == metrics.KindUint64 {
-			out[i] = s[i].Value.Uint64()
-		}
-	}
-	return out
 }
 
 // memoryTracker returns the tracker the connection managers open stream accounts with; nil when

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/switchyard-proxy/switchyard/internal/rtmetrics"
 	"github.com/switchyard-proxy/switchyard/internal/stats"
 )
 
@@ -50,7 +51,7 @@ type releaseReading struct {
 }
 
 func readRelease() releaseReading {
-	v := readMetrics("/gc/heap/allocs:bytes", "/memory/classes/heap/objects:bytes",
+	v := rtmetrics.Bytes("/gc/heap/allocs:bytes", "/memory/classes/heap/objects:bytes",
 		"/memory/classes/heap/free:bytes", "/memory/classes/heap/unused:bytes")
 	return releaseReading{allocs: v[0], heap: v[1] + v[2] + v[3]}
 }
